@@ -1,0 +1,1 @@
+"""Builds deployable artifacts from the reference: ONNX graphs, FP16 graphs, TensorRT engines, the bundle."""

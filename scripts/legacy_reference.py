@@ -3,8 +3,8 @@
 Runs inside the side venv that scripts/legacy_expectations.sh builds; never imports ruclip_tiny, so nothing of the
 code under test takes part. Writes tests/data/legacy_expectations.npz:
   tokenizer: corpus ids/masks from DistilBertTokenizer.batch_encode_plus (demo vocabulary)
-  preprocessing: for every synthetic image case the uint8 RGB crop torchvision's ToTensor received, plus float
-      samples of the normalised output; float samples for every demo photo
+  preprocessing: for every synthetic image case the sha256 of the uint8 RGB crop torchvision's ToTensor received;
+      float samples of the normalised output of every case and every demo photo
   features: encode_image / encode_text / forward of the published module on a synthetic checkpoint
 """
 
@@ -95,10 +95,10 @@ def main() -> None:
     cases = legacy_cases.image_cases()
     size = 3 * 224 * 224
     crops, pixels = {}, {}
-    for index, (name, image) in enumerate(sorted(cases.items())):
+    for name, image in sorted(cases.items()):
         crops[name], pixels[name] = preprocess(image)
     out["case_names"] = np.array(sorted(cases))
-    out["case_crops"] = np.stack([crops[n] for n in sorted(cases)])
+    out["case_crop_sha256"] = np.array([legacy_inputs.crop_sha256(crops[n]) for n in sorted(cases)])
     photos = legacy_inputs.demo_photos()
     for path in photos:
         with Image.open(path) as image:
@@ -107,12 +107,14 @@ def main() -> None:
     names = sorted(cases) + [p.name for p in photos]
     indices = np.stack([legacy_inputs.sample_indices(legacy_inputs.SAMPLES_PER_IMAGE, size, i) for i in range(len(names))])
     out["sample_names"] = np.array(names)
-    out["sample_indices"] = indices
     out["sample_values"] = np.stack([pixels[n].reshape(-1)[idx] for n, idx in zip(names, indices)])
 
     model = RuCLIPtiny().eval()
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
+    published = model.state_dict()  # the original module's own names and shapes
+    out["state_names"] = np.array(list(published))
+    out["state_shapes"] = np.array([json.dumps(list(t.shape)) for t in published.values()])
     out["checkpoint_fingerprint"] = np.array(legacy_inputs.state_fingerprint({k: v.numpy() for k, v in state.items()}))
 
     feature_images = [p.name for p in photos] + list(legacy_inputs.FEATURE_IMAGE_CASES)
