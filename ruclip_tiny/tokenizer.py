@@ -296,23 +296,25 @@ def _original_tokenizer_class():
     )
 
     class OriginalBasicTokenizer(BasicTokenizer):
-        # transformers 4.12.3 BasicTokenizer.tokenize (Apache-2.0, The HuggingFace Inc. team): no NFC step.
+        """The 2022 word splitting: today's steps and helpers, without the NFC normalisation added since."""
+
         def tokenize(self, text, never_split=None):
-            never_split = self.never_split.union(set(never_split)) if never_split else self.never_split
+            keep = self.never_split | set(never_split or ())
             text = self._clean_text(text)
             if self.tokenize_chinese_chars:
                 text = self._tokenize_chinese_chars(text)
-            split_tokens = []
-            for token in whitespace_tokenize(text):
-                if token not in never_split:
-                    if self.do_lower_case:
-                        token = token.lower()
-                        if self.strip_accents is not False:
-                            token = self._run_strip_accents(token)
-                    elif self.strip_accents:
-                        token = self._run_strip_accents(token)
-                split_tokens.extend(self._run_split_on_punc(token, never_split))
-            return whitespace_tokenize(" ".join(split_tokens))
+            pieces = []
+            for word in whitespace_tokenize(text):  # deliberately no unicodedata.normalize("NFC", text)
+                pieces += self._run_split_on_punc(word if word in keep else self._fold(word), keep)
+            return whitespace_tokenize(" ".join(pieces))
+
+        def _fold(self, word):
+            # strip_accents=None means "follow do_lower_case", as in BERT's original tokenizer.
+            if self.do_lower_case:
+                word = word.lower()
+            if self.strip_accents or (self.do_lower_case and self.strip_accents is not False):
+                word = self._run_strip_accents(word)
+            return word
 
     class OriginalDistilBertTokenizer(BertTokenizerLegacy):
         model_input_names = ["input_ids", "attention_mask"]
