@@ -6,13 +6,13 @@ ends in one ``CheckpointError`` that names the file and says what to do, never a
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
+from .fileio import file_sha256
 
 # torch's legacy (pre-1.6) format starts with a pickled magic number; the zip format is a zip archive.
 _LEGACY_TORCH_PREFIX = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
@@ -36,15 +36,6 @@ class CheckpointInfo:
     @property
     def label(self) -> str:
         return f"synthetic (seed {self.seed})" if self.synthetic else f"{self.path} (sha256 {self.sha256[:12]}…)"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _format_names(kind: str, names: list[str]) -> str:

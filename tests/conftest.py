@@ -21,3 +21,24 @@ def reference_model(synthetic_state):
     from ruclip_tiny.model import RuCLIPTiny
 
     return attach_state_dict(RuCLIPTiny(), synthetic_state, CheckpointInfo(synthetic=True, seed=SYNTHETIC_SEED))
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory):
+    """ONE full-size bundle per test session (synthetic weights, demo vocabulary), exported over a stale directory
+    with force=True so that replacement is exercised too. Tests must not modify it: copy it first."""
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "ruclip-tiny"
+    out.mkdir()
+    (out / "stale-file.txt").write_text("left by an older export")
+    export_bundle(out, force=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_reference_model(exported_bundle):
+    """The reference rebuilt from the bundle's own reference.safetensors (proves the bundle is self-contained)."""
+    from ruclip_tiny.checkpoint import load_checkpoint
+
+    return load_checkpoint(exported_bundle / "reference.safetensors")

@@ -9,7 +9,8 @@ import re
 import pytest
 import torch
 
-from ruclip_tiny.checkpoint import file_sha256, load_checkpoint, read_state_dict
+from ruclip_tiny.checkpoint import load_checkpoint, read_state_dict
+from ruclip_tiny.fileio import file_sha256
 from ruclip_tiny.errors import CheckpointError
 
 

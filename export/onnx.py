@@ -1,0 +1,172 @@
+"""ONNX graphs of the two encoders, exported from the reference and checked before anything trusts them.
+
+Exporter: ``torch.onnx.export(dynamo=True)``, opset 18. The TorchScript exporter traces transformers 5's attention
+mask construction for the example shapes, and its textual graph disagreed with PyTorch by 1.7 on the very inputs
+it traced; the dynamo exporter captures the mask symbolically, matches to ~1e-6 and gives a smaller text graph
+(135 nodes vs 304). Opset 18 is the lowest it supports; TensorRT 10/11 and ONNX Runtime read it.
+After export, onnxscript's optimizer (constant folding, dead-code removal, common rewrites) simplifies the graph;
+parity is measured before and after so the simplification is proven harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ruclip_tiny import spec
+from ruclip_tiny.fileio import atomic_path
+
+OPSET = 18
+# Example inputs for the exporter: batch 2, sequence 16 with padding in the second row, so nothing that depends on
+# a full mask or a batch of one can be baked in.
+EXAMPLE_BATCH = 2
+EXAMPLE_SEQUENCE = 16
+
+
+class GraphCheckError(RuntimeError):
+    """An exported graph that fails the ONNX checker, shape inference, the I/O contract, or parity."""
+
+
+def encoder_module(model, encoder: str):
+    """The ``nn.Module`` whose forward is one encoder with the spec's input order."""
+    from torch import nn
+
+    class VisualEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels):
+            return self.model.encode_image(pixels).float()
+
+    class TextualEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model.encode_text(input_ids, attention_mask).float()
+
+    return {"visual": VisualEncoder, "textual": TextualEncoder}[encoder]().eval()
+
+
+def example_inputs(encoder: str, batch: int = EXAMPLE_BATCH, seq: int = EXAMPLE_SEQUENCE, seed: int = 0) -> dict:
+    """Deterministic numpy inputs named as in the spec: pixels float32 [B,3,224,224] or ids/mask int64 [B,seq]."""
+    rng = np.random.default_rng(seed)
+    if encoder == "visual":
+        return {"pixels": rng.standard_normal((batch, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)).astype(np.float32)}
+    ids = rng.integers(1000, 2000, (batch, seq)).astype(np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    lengths = np.clip(seq - np.arange(batch) * (seq // 3 + 1), 1, seq)  # row 0 full, later rows padded
+    for row, length in enumerate(lengths):
+        ids[row, length - 1], ids[row, 0] = 102, 101
+        ids[row, length:], mask[row, length:] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _dynamic_shapes(encoder_spec: spec.EncoderSpec) -> dict:
+    from torch.export import Dim
+
+    dims = {d.name: Dim(d.name, min=d.min, max=d.max if d.max is not None else 4096) for d in encoder_spec.dims}
+    return {t.name: {axis: dims[d.name] for axis, d in t.dynamic_dims.items()} for t in encoder_spec.inputs}
+
+
+def export_encoder(model, encoder: str, path: str | Path, optimize: bool = True, reference=None) -> dict:
+    """Export one encoder of ``model`` to ``path`` (atomically) and check it. Returns facts for the manifest.
+
+    ``model``: a RuCLIPTiny (FP32, or the FP16 variant from export.fp16); the graph's I/O is always the spec's.
+    ``reference``: the model the graph's error is measured against (default ``model``; the FP16 graphs are measured
+    against the FP32 reference, which is what they must match — and torch's FP16 convolutions crawl on a CPU).
+    """
+    import onnx
+    import torch
+
+    encoder_spec = spec.ENCODERS[encoder]
+    module = encoder_module(model, encoder)
+    feeds = example_inputs(encoder)
+    args = tuple(torch.from_numpy(feeds[t.name]) for t in encoder_spec.inputs)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's chatter; failures still raise
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[t.name for t in encoder_spec.inputs],
+            output_names=[t.name for t in encoder_spec.outputs],
+            dynamic_shapes=_dynamic_shapes(encoder_spec),
+            optimize=False,
+            verbose=False,
+        )
+    graph = program.model_proto
+    with torch.inference_mode():
+        expected = encoder_module(reference if reference is not None else model, encoder)(*args).numpy()
+    facts = {"exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}", "opset": OPSET}
+    facts["nodes_exported"] = len(graph.graph.node)
+    facts["max_abs_error_exported"] = _max_error(graph, feeds, expected)
+    if optimize:
+        import onnxscript.optimizer
+
+        graph = onnxscript.optimizer.optimize(graph)
+        facts["nodes_optimized"] = len(graph.graph.node)
+        facts["max_abs_error_optimized"] = _max_error(graph, feeds, expected)
+    _name_dynamic_dims(graph, encoder_spec)
+    with atomic_path(path) as temporary:
+        onnx.save(graph, temporary)
+        check_graph(temporary, encoder)
+    return facts
+
+
+def _max_error(graph, feeds: dict, expected: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return float(np.abs(session.run(None, feeds)[0] - expected).max())
+
+
+def _name_dynamic_dims(graph, encoder_spec: spec.EncoderSpec) -> None:
+    """Give every dynamic axis of the graph's inputs and outputs the spec's name (``batch``, ``seq``)."""
+    for value, tensor in zip(
+        [*graph.graph.input, *graph.graph.output], [*encoder_spec.inputs, *encoder_spec.outputs]
+    ):
+        for axis, dim in tensor.dynamic_dims.items():
+            value.type.tensor_type.shape.dim[axis].dim_param = dim.name
+
+
+def check_graph(path: str | Path, encoder: str) -> None:
+    """Full ONNX checker, strict shape inference, and the spec's I/O contract (names, dtypes, symbolic shapes)."""
+    import onnx
+
+    encoder_spec = spec.ENCODERS[encoder]
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise GraphCheckError(f"{path}: the {encoder} graph is not valid ONNX: {exc}") from None
+    actual = [_describe_value(v) for v in [*inferred.graph.input, *inferred.graph.output]]
+    wanted = [(t.name, t.dtype, t.symbolic_shape) for t in [*encoder_spec.inputs, *encoder_spec.outputs]]
+    if actual != wanted:
+        raise GraphCheckError(f"{path}: the {encoder} graph's I/O is {actual}, the spec says {wanted}")
+
+
+def _describe_value(value) -> tuple[str, str, list]:
+    import onnx
+
+    tensor_type = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor_type.shape.dim]
+    return value.name, dtype, shape
+
+
+def graph_io(encoder: str) -> dict:
+    """The manifest's description of an encoder graph's inputs and outputs, from the spec."""
+    encoder_spec = spec.ENCODERS[encoder]
+    return {
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in encoder_spec.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in encoder_spec.outputs],
+        "dims": {d.name: {"min": d.min, "max": d.max} for d in encoder_spec.dims},
+    }

@@ -1,0 +1,724 @@
+"""Parity of a bundle's graphs against the reference outputs stored in its probe: metrics, thresholds, verdicts.
+
+Torch-free: ``ruclip-tiny parity BUNDLE`` runs on a GPU box with numpy and onnxruntime only (matplotlib, when
+installed, draws ``parity/errors.png``). It writes ``parity/report.json`` and records each artifact's result in
+the manifest, marking it deployable only when it passed.
+
+Every artifact is judged on its own: a visual graph by its image features against the reference and by the
+image–text similarities it gives with the REFERENCE text features (a textual graph symmetrically), so a bad
+textual graph never gets the visual one marked not deployable. A ``combined.<precision>`` row then judges the
+two graphs of a precision together, as a deployment uses them.
+
+``parity/report.json``: schema_version, bundle, date (ISO 8601, UTC), backend ("onnxruntime"),
+onnxruntime_version, providers (as requested, with options), precisions, probe {images, texts},
+thresholds {precision: Thresholds fields}, passed (every entry passed), written {report, manifest, plot,
+plot_skipped}, results {key: entry} for keys ``visual.fp32``, ``textual.fp32``, ``combined.fp32``, … .
+
+An entry, stored as it is in ``manifest["parity"][key]`` too:
+    kind "artifact" | "combined"; artifact (its key); encoder (artifacts) or artifacts (combined: the two keys);
+    precision; file, sha256 (artifacts: the manifest's path and sha256 of the graph that was run);
+    backend, onnxruntime_version, provider (the provider the session really used), date, probe, thresholds;
+    passed; failures [one sentence per broken bar]; error (why it could not be judged at all, else null);
+    and once it ran: rows, min_cosine, mean_cosine, max_abs_error, mean_reference_norm (artifacts only),
+    max_rel_error, max_elementwise_rel_error, nan, inf, max_similarity_change,
+    top1 {image_to_text, text_to_image: {rows, clear, agree, flipped [row indices]}}.
+NaN/Inf metric values are written as null (the nan/inf counts keep the fact). Every artifact that was run gets
+``manifest["artifacts"][key]["deployable"] = passed``; an artifact the manifest lacks is only in the report.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ruclip_tiny import spec
+from ruclip_tiny.fileio import atomic_path, atomic_write_json, file_sha256
+from runtime.backends import BackendError
+from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_name
+from runtime.bundle import (
+    PARITY_DIR,
+    PRECISIONS,
+    PROBE_INPUTS,
+    PROBE_REFERENCE,
+    Bundle,
+    BundleError,
+    artifact_key,
+)
+
+REPORT_FILE = f"{PARITY_DIR}/report.json"
+PLOT_FILE = f"{PARITY_DIR}/errors.png"
+REPORT_SCHEMA_VERSION = 1
+BACKEND = "onnxruntime"
+DEFAULT_BATCH_SIZE = 16
+
+# A reference top-1 whose lead over the runner-up is at most this (in cosine similarity) is a near-tie: rounding
+# may legitimately flip it, so such rows are left out of the top-1 agreement.
+CLEAR_MARGIN = 1e-3
+# Per-element relative error is taken only where |reference| >= this × max|reference|: near zero, a harmless
+# absolute error reads as a huge relative one.
+ELEMENTWISE_REL_FLOOR = 1e-2
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The bars an artifact of one precision must clear. NaN or Inf anywhere in its output always fails.
+
+    min_cosine: every probe row's cosine with its reference row is at least this.
+    max_abs_error_per_norm: max |candidate - reference| <= this × mean L2 norm of the reference rows
+        (None: reported, not judged — FP16 rounding makes absolute errors scale with the feature size).
+    max_similarity_change: no image–text cosine similarity over the probe moves by more than this.
+    min_top1_agreement: fraction of clear-margin rows (both directions) whose zero-shot top-1 must not change
+        (a direction without clear rows has nothing to judge; the report shows its clear count).
+    clear_margin: reference top-1 minus top-2 must exceed this for a row to count as clear.
+    """
+
+    min_cosine: float
+    max_abs_error_per_norm: float | None
+    max_similarity_change: float
+    min_top1_agreement: float = 1.0
+    clear_margin: float = CLEAR_MARGIN
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# THE thresholds. fp32 also gets a similarity-change bar (1e-4): an FP32 graph is the same arithmetic as the
+# reference in another order, which typically moves similarities by ~1e-6; a change of 1e-4 — a tenth of what FP16
+# rounding is allowed — means the graph computes something else. Neither row cosine nor the per-element bound
+# implies it (a row can turn by up to ~4e-3 rad at cosine 0.99999).
+THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(min_cosine=0.99999, max_abs_error_per_norm=1e-4, max_similarity_change=1e-4),
+    "fp16": Thresholds(min_cosine=0.9999, max_abs_error_per_norm=None, max_similarity_change=1e-3),
+}
+
+
+def thresholds_for(precision: str) -> Thresholds:
+    """The bars for ``precision`` (``fp32`` or ``fp16``)."""
+    if precision not in THRESHOLDS:
+        raise ValueError(f"no parity thresholds for precision {precision!r}; known: {', '.join(THRESHOLDS)}")
+    return THRESHOLDS[precision]
+
+
+# --- metrics: numpy in, plain Python numbers out ---------------------------------------------------------------
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm in float64. A zero row stays zero (cosine 0 with anything); a row with NaN or
+    Inf becomes NaN, so every metric built on it is NaN and fails."""
+    features = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms == 0, 0.0, features / norms)
+
+
+def row_cosines(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate row with the same reference row. [N, D], [N, D] -> float64 [N] (NaN rows give NaN)."""
+    return np.sum(_unit_rows(candidate) * _unit_rows(reference), axis=1)
+
+
+def max_abs_error(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """max |candidate - reference| over all elements (NaN if the candidate has NaN)."""
+    return float(np.max(np.abs(np.asarray(candidate, np.float64) - np.asarray(reference, np.float64))))
+
+
+def max_relative_error(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """max |candidate - reference| / max |reference|: the worst error as a fraction of the largest reference value."""
+    peak = float(np.max(np.abs(reference)))
+    return max_abs_error(candidate, reference) / peak if peak > 0 else float("inf")
+
+
+def max_elementwise_relative_error(
+    candidate: np.ndarray, reference: np.ndarray, floor: float = ELEMENTWISE_REL_FLOOR
+) -> float:
+    """max |candidate - reference| / |reference| over the elements with |reference| >= floor × max |reference|."""
+    reference = np.asarray(reference, np.float64)
+    magnitude = np.abs(reference)
+    peak = float(magnitude.max())
+    if peak == 0:
+        return float("inf")
+    keep = magnitude >= floor * peak
+    error = np.abs(np.asarray(candidate, np.float64) - reference)
+    return float(np.max(error[keep] / magnitude[keep]))
+
+
+def nonfinite_counts(features: np.ndarray) -> dict[str, int]:
+    """Number of NaN and of ±Inf elements: ``{"nan": int, "inf": int}``."""
+    return {"nan": int(np.isnan(features).sum()), "inf": int(np.isinf(features).sum())}
+
+
+def cosine_similarities(image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+    """Image–text cosine similarity matrix: [Ni, D], [Nt, D] -> float64 [Ni, Nt]."""
+    return _unit_rows(image_features) @ _unit_rows(text_features).T
+
+
+def max_similarity_change(similarities: np.ndarray, reference_similarities: np.ndarray) -> float:
+    """The largest change of any image–text similarity: max |S - S_ref| over [Ni, Nt]."""
+    return float(np.max(np.abs(similarities - reference_similarities)))
+
+
+def top1_rows(scores: np.ndarray, reference_scores: np.ndarray, clear_margin: float = CLEAR_MARGIN) -> dict:
+    """Zero-shot top-1 agreement along axis 1 of [N, K] scores, on clear-margin rows only.
+
+    A row is clear when the reference's best score beats its second best by more than ``clear_margin`` (a row
+    with a single candidate is always clear). Returns ``{"rows": N, "clear": rows that count, "agree": clear rows
+    with the same top-1, "flipped": [indices of clear rows whose top-1 changed]}``.
+    """
+    reference_scores = np.asarray(reference_scores, np.float64)
+    rows, candidates = reference_scores.shape
+    if candidates >= 2:
+        best_two = np.sort(reference_scores, axis=1)[:, -2:]
+        margin = best_two[:, 1] - best_two[:, 0]
+    else:
+        margin = np.full(rows, np.inf)
+    clear = margin > clear_margin
+    same = np.argmax(scores, axis=1) == np.argmax(reference_scores, axis=1)
+    return {
+        "rows": int(rows),
+        "clear": int(clear.sum()),
+        "agree": int((clear & same).sum()),
+        "flipped": [int(i) for i in np.flatnonzero(clear & ~same)],
+    }
+
+
+def top1_agreement(
+    similarities: np.ndarray, reference_similarities: np.ndarray, clear_margin: float = CLEAR_MARGIN
+) -> dict:
+    """Top-1 agreement both ways over [Ni, Nt] similarities: each image over the probe texts (``image_to_text``)
+    and each text over the probe images (``text_to_image``); see ``top1_rows``."""
+    return {
+        "image_to_text": top1_rows(similarities, reference_similarities, clear_margin),
+        "text_to_image": top1_rows(similarities.T, reference_similarities.T, clear_margin),
+    }
+
+
+def feature_metrics(candidate: np.ndarray, reference: np.ndarray) -> dict:
+    """How far one encoder's features [N, 768] are from the reference [N, 768]."""
+    cosines = row_cosines(candidate, reference)
+    return {
+        "rows": int(len(reference)),
+        "min_cosine": float(np.min(cosines)),
+        "mean_cosine": float(np.mean(cosines)),
+        "max_abs_error": max_abs_error(candidate, reference),
+        "mean_reference_norm": float(np.mean(np.linalg.norm(np.asarray(reference, np.float64), axis=1))),
+        "max_rel_error": max_relative_error(candidate, reference),
+        "max_elementwise_rel_error": max_elementwise_relative_error(candidate, reference),
+        **nonfinite_counts(candidate),
+    }
+
+
+def similarity_metrics(
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    reference_image_features: np.ndarray,
+    reference_text_features: np.ndarray,
+    clear_margin: float = CLEAR_MARGIN,
+) -> dict:
+    """Similarity change and top-1 agreement of (image, text) features against the reference pair."""
+    similarities = cosine_similarities(image_features, text_features)
+    reference = cosine_similarities(reference_image_features, reference_text_features)
+    return {
+        "max_similarity_change": max_similarity_change(similarities, reference),
+        "top1": top1_agreement(similarities, reference, clear_margin),
+    }
+
+
+def judge(metrics: dict, thresholds: Thresholds) -> list[str]:
+    """Why ``metrics`` fail ``thresholds``: one sentence per broken bar, empty when they pass.
+
+    Comparisons are written so that NaN fails them. Metrics a row does not have (the combined row has no
+    reference norm) are not judged.
+    """
+    failures = []
+    if metrics.get("nan", 0) or metrics.get("inf", 0):
+        failures.append(f"{metrics.get('nan', 0)} NaN and {metrics.get('inf', 0)} Inf values in the features")
+    if "min_cosine" in metrics and not metrics["min_cosine"] >= thresholds.min_cosine:
+        failures.append(f"min row cosine {metrics['min_cosine']:.7f} < {thresholds.min_cosine}")
+    if thresholds.max_abs_error_per_norm is not None and "mean_reference_norm" in metrics:
+        bound = thresholds.max_abs_error_per_norm * metrics["mean_reference_norm"]
+        if not metrics["max_abs_error"] <= bound:
+            failures.append(
+                f"max abs error {metrics['max_abs_error']:.3g} > {bound:.3g} "
+                f"(= {thresholds.max_abs_error_per_norm:g} × mean reference norm {metrics['mean_reference_norm']:.4g})"
+            )
+    if "max_similarity_change" in metrics and not metrics["max_similarity_change"] <= thresholds.max_similarity_change:
+        failures.append(
+            f"an image–text similarity moved by {metrics['max_similarity_change']:.3g} "
+            f"> {thresholds.max_similarity_change:g}"
+        )
+    for direction, counts in metrics.get("top1", {}).items():
+        if counts["clear"] and not counts["agree"] / counts["clear"] >= thresholds.min_top1_agreement:
+            failures.append(
+                f"zero-shot top-1 {direction.replace('_', ' ')} agrees on {counts['agree']}/{counts['clear']} "
+                f"clear-margin rows (changed: rows {counts['flipped']})"
+            )
+    return failures
+
+
+# --- the probe stored in the bundle ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A bundle's probe set and its reference outputs.
+
+    inputs: pixels float32 [Ni,3,224,224]; input_ids, attention_mask int64 [Nt,seq] (plus image_names, texts).
+    reference: image_features float32 [Ni,768]; text_features float32 [Nt,768].
+    """
+
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+
+    @property
+    def images(self) -> int:
+        return len(self.reference[spec.VISUAL.outputs[0].name])
+
+    @property
+    def texts(self) -> int:
+        return len(self.reference[spec.TEXTUAL.outputs[0].name])
+
+
+def _read_npz(path: Path, required: list[str]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise BundleError(
+            f"{path} is missing: parity needs the probe set and its reference outputs — "
+            "re-export the bundle (ruclip-tiny export --force)"
+        )
+    try:
+        # allow_pickle=False: a bundle may come from elsewhere, and unpickling runs code
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{path} cannot be read ({exc}); re-export the bundle (ruclip-tiny export --force)") from None
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise BundleError(f"{path} lacks {', '.join(missing)}; re-export the bundle (ruclip-tiny export --force)")
+    return arrays
+
+
+def _verify_probe_files(bundle: Bundle) -> None:
+    """Check the probe files against the sha256 the manifest lists for them (``manifest["probe"]["files"]``):
+    a changed reference would silently move every verdict."""
+    probe = bundle.manifest.get("probe")
+    listed = probe.get("files", []) if isinstance(probe, dict) else []
+    for entry in listed:
+        if not isinstance(entry, dict) or entry.get("path") not in (PROBE_INPUTS, PROBE_REFERENCE):
+            continue
+        path = bundle.path(entry["path"])
+        if path.is_file() and "sha256" in entry and file_sha256(path) != entry["sha256"]:
+            raise BundleError(
+                f"{path} does not match the sha256 in the manifest: the probe was changed or corrupted — "
+                "re-export the bundle (ruclip-tiny export --force)"
+            )
+
+
+def load_probe(bundle: Bundle) -> Probe:
+    """Read and check ``probe/inputs.npz`` and ``probe/reference.npz``: sha256 against the manifest when it lists
+    them, required arrays present, row counts agreeing, reference features finite."""
+    _verify_probe_files(bundle)
+    encoders = (spec.VISUAL, spec.TEXTUAL)
+    inputs = _read_npz(bundle.path(PROBE_INPUTS), [t.name for e in encoders for t in e.inputs])
+    reference = _read_npz(bundle.path(PROBE_REFERENCE), [e.outputs[0].name for e in encoders])
+    for encoder_spec in encoders:
+        output = encoder_spec.outputs[0].name
+        features = reference[output]
+        if features.ndim != 2 or features.shape[1] != spec.EMBED_DIM or features.dtype.kind != "f":
+            raise BundleError(
+                f"{bundle.path(PROBE_REFERENCE)}: {output} must be float [N, {spec.EMBED_DIM}], got "
+                f"{features.dtype} {list(features.shape)}; re-export the bundle (ruclip-tiny export --force)"
+            )
+        if not np.isfinite(features).all():
+            raise BundleError(
+                f"{bundle.path(PROBE_REFERENCE)}: {output} holds NaN or Inf, so nothing can be compared with it; "
+                "re-export the bundle (ruclip-tiny export --force)"
+            )
+        for tensor in encoder_spec.inputs:
+            if len(inputs[tensor.name]) != len(features):
+                raise BundleError(
+                    f"{bundle.root}: probe {tensor.name} has {len(inputs[tensor.name])} rows but the reference "
+                    f"{output} has {len(features)}; re-export the bundle (ruclip-tiny export --force)"
+                )
+    return Probe(inputs, reference)
+
+
+# --- running a bundle's graphs -----------------------------------------------------------------------------------
+
+
+def parity_providers(providers: Sequence[Provider] | None = None) -> list[Provider]:
+    """The ONNX Runtime providers for a parity run: ``providers``, or CUDA (when this build has it) then CPU.
+
+    A plain ``CUDAExecutionProvider`` gets ``use_tf32=0``: ONNX Runtime turns TF32 on by default, and TF32
+    matmuls (a 10-bit mantissa) would fail an FP32 graph for a reason that is not in the graph. Pass
+    ``("CUDAExecutionProvider", {"use_tf32": "1"})`` to measure TF32 on purpose.
+    """
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return [("CUDAExecutionProvider", {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
+def _describe_providers(providers: Sequence[Provider]) -> list:
+    return [p if isinstance(p, str) else [p[0], dict(p[1])] for p in providers]
+
+
+def _failed(entry: dict, reason: str) -> dict:
+    return {**entry, "passed": False, "error": reason, "failures": [reason]}
+
+
+def _check_artifact(
+    bundle: Bundle,
+    encoder_spec: spec.EncoderSpec,
+    precision: str,
+    probe: Probe,
+    providers: list[Provider],
+    batch_size: int,
+    common: dict,
+) -> tuple[dict, np.ndarray | None]:
+    """Run one graph on the probe and judge it. Returns its report entry and its features (None if it did not run)."""
+    key = artifact_key(encoder_spec.name, precision)
+    thresholds = thresholds_for(precision)
+    entry = {
+        "kind": "artifact",
+        "artifact": key,
+        "encoder": encoder_spec.name,
+        "precision": precision,
+        **common,
+        "thresholds": thresholds.to_dict(),
+    }
+    try:
+        manifest_entry = bundle.artifact(key)
+        entry.update(file=manifest_entry["path"], sha256=manifest_entry.get("sha256"))
+        bundle.verify([key])
+        encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers)
+        entry["provider"] = encoder.providers[0]
+        features = encoder.run_batched({t.name: probe.inputs[t.name] for t in encoder_spec.inputs}, batch_size)
+    except (BundleError, BackendError) as exc:
+        return _failed(entry, str(exc)), None
+
+    visual = encoder_spec.name == spec.VISUAL.name
+    reference_image = probe.reference[spec.VISUAL.outputs[0].name]
+    reference_text = probe.reference[spec.TEXTUAL.outputs[0].name]
+    reference = reference_image if visual else reference_text
+    if features.shape != reference.shape:
+        return _failed(
+            entry, f"{key} gives features of shape {list(features.shape)}; the reference has {list(reference.shape)}"
+        ), None
+    # The other modality is the reference's, so this graph alone decides its verdict.
+    image, text = (features, reference_text) if visual else (reference_image, features)
+    metrics = {
+        **feature_metrics(features, reference),
+        **similarity_metrics(image, text, reference_image, reference_text, thresholds.clear_margin),
+    }
+    failures = judge(metrics, thresholds)
+    return {**entry, **metrics, "passed": not failures, "error": None, "failures": failures}, features
+
+
+def _check_combined(
+    precision: str, parts: dict[str, dict], features: dict[str, np.ndarray], probe: Probe, common: dict
+) -> dict:
+    """Judge the visual and textual graphs of one precision together: both must pass, and so must the
+    similarities and top-1 they give between them."""
+    thresholds = thresholds_for(precision)
+    visual_key, textual_key = (artifact_key(e.name, precision) for e in (spec.VISUAL, spec.TEXTUAL))
+    entry = {
+        "kind": "combined",
+        "artifact": f"combined.{precision}",
+        "artifacts": [visual_key, textual_key],
+        "precision": precision,
+        **common,
+        "provider": parts[visual_key].get("provider"),
+        "thresholds": thresholds.to_dict(),
+    }
+    if visual_key not in features or textual_key not in features:
+        missing = [key for key in (visual_key, textual_key) if key not in features]
+        return _failed(entry, f"not judged: {' and '.join(missing)} could not be run")
+    image, text = features[visual_key], features[textual_key]
+    visual, textual = parts[visual_key], parts[textual_key]
+
+    def worst(name: str, pick) -> float:  # np.min/np.max, unlike min/max, let a NaN through whatever its position
+        return float(pick([visual[name], textual[name]]))
+
+    metrics = {
+        "rows": visual["rows"] + textual["rows"],
+        "min_cosine": worst("min_cosine", np.min),
+        "mean_cosine": (visual["mean_cosine"] * visual["rows"] + textual["mean_cosine"] * textual["rows"])
+        / (visual["rows"] + textual["rows"]),
+        "max_abs_error": worst("max_abs_error", np.max),
+        "max_rel_error": worst("max_rel_error", np.max),
+        "max_elementwise_rel_error": worst("max_elementwise_rel_error", np.max),
+        "nan": visual["nan"] + textual["nan"],
+        "inf": visual["inf"] + textual["inf"],
+        **similarity_metrics(
+            image,
+            text,
+            probe.reference[spec.VISUAL.outputs[0].name],
+            probe.reference[spec.TEXTUAL.outputs[0].name],
+            thresholds.clear_margin,
+        ),
+    }
+    failures = [f"{key} failed" for key in (visual_key, textual_key) if not parts[key]["passed"]]
+    failures += judge(metrics, thresholds)
+    return {**entry, **metrics, "passed": not failures, "error": None, "failures": failures}
+
+
+def run_parity(
+    bundle_root: str | Path,
+    precisions: Sequence[str] = PRECISIONS,
+    providers: Sequence[Provider] | None = None,
+    write: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict:
+    """Run every ``{visual,textual}.{precision}`` graph of a bundle on its probe and judge it against the reference.
+
+    A graph that is missing, does not match its manifest sha256, or cannot be run is a failed entry (with the
+    reason), not an exception. Raises BundleError when the directory is not a usable bundle or has no readable
+    probe. With ``write``: ``parity/report.json``, ``parity/errors.png`` (when matplotlib imports), and the
+    manifest's ``parity`` section and ``deployable`` flags, all written atomically.
+
+    Returns the report described in the module docstring (``written`` is None unless ``write``); metric values
+    stay Python floats there, NaN included.
+    """
+    for precision in precisions:
+        thresholds_for(precision)
+    bundle = Bundle.load(bundle_root)
+    probe = load_probe(bundle)
+    providers = parity_providers(providers)
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = {
+        "backend": BACKEND,
+        "onnxruntime_version": ort.__version__,
+        "provider": provider_name(providers[0]) if providers else None,
+        "date": date,
+        "probe": {"images": probe.images, "texts": probe.texts},
+    }
+
+    results: dict[str, dict] = {}
+    features: dict[str, np.ndarray] = {}
+    for precision in precisions:
+        parts = {}
+        for encoder_spec in (spec.VISUAL, spec.TEXTUAL):
+            entry, output = _check_artifact(bundle, encoder_spec, precision, probe, providers, batch_size, common)
+            parts[entry["artifact"]] = results[entry["artifact"]] = entry
+            if output is not None:
+                features[entry["artifact"]] = output
+        combined = _check_combined(precision, parts, features, probe, common)
+        results[combined["artifact"]] = combined
+
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "bundle": str(bundle.root),
+        "date": date,
+        "backend": BACKEND,
+        "onnxruntime_version": ort.__version__,
+        "providers": _describe_providers(providers),
+        "precisions": list(precisions),
+        "probe": {"images": probe.images, "texts": probe.texts},
+        "thresholds": {precision: thresholds_for(precision).to_dict() for precision in precisions},
+        "results": results,
+        "passed": all(entry["passed"] for entry in results.values()),
+        "written": None,
+    }
+    if write:
+        report["written"] = _write_results(bundle.root, report, features, probe)
+    return report
+
+
+# --- writing: report, plot, manifest -----------------------------------------------------------------------------
+
+
+def _json_safe(value):
+    """NaN/Inf become null (JSON has no NaN; the nan/inf counts keep the fact)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _write_results(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
+    """Plot, report and manifest; returns what went where (paths relative to the bundle)."""
+    try:
+        return _write_files(root, report, features, probe)
+    except OSError as exc:
+        raise BundleError(
+            f"cannot write the parity results into {root} ({exc}); run parity on a writable copy of the bundle"
+        ) from None
+
+
+def _write_files(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
+    written = {"report": REPORT_FILE, "manifest": "manifest.json", "plot": None, "plot_skipped": None}
+    try:
+        write_error_plot(root / PLOT_FILE, report, features, probe)
+        written["plot"] = PLOT_FILE
+    except ImportError:
+        written["plot_skipped"] = "matplotlib is not installed (pip install 'ruclip-tiny[plots]')"
+    report["written"] = written
+    atomic_write_json(root / REPORT_FILE, _json_safe(report))
+
+    # Re-read the manifest just before rewriting it, so that what another command added meanwhile survives.
+    bundle = Bundle.load(root)
+    parity = bundle.manifest.setdefault("parity", {})
+    for key, entry in report["results"].items():
+        if entry["kind"] == "artifact":
+            if key not in bundle.artifacts:
+                continue  # nothing to mark: the failure is in the report
+            bundle.artifacts[key]["deployable"] = entry["passed"]
+        parity[key] = _json_safe(entry)
+    bundle.write_manifest()
+    return written
+
+
+def write_error_plot(path: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> None:
+    """``parity/errors.png``: per artifact, histograms of per-element |Δ| and per-row 1 - cosine, on log axes.
+
+    Raises ImportError when matplotlib is not installed (it is optional: ``ruclip-tiny[plots]``).
+    """
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
+    keys = [key for key in report["results"] if key in features]
+    height = 2.4 * max(len(keys), 1)
+    figure = Figure(figsize=(11, height))
+    margins = {"left": 0.06, "right": 0.98, "top": 1 - 0.3 / height, "bottom": 0.35 / height}
+    axes = figure.subplots(max(len(keys), 1), 2, squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.15, **margins})
+    for row, key in enumerate(keys):
+        entry = report["results"][key]
+        thresholds = thresholds_for(entry["precision"])
+        reference = probe.reference[spec.ENCODERS[entry["encoder"]].outputs[0].name]
+        candidate = features[key]
+        abs_bound = (
+            thresholds.max_abs_error_per_norm * entry["mean_reference_norm"]
+            if thresholds.max_abs_error_per_norm is not None
+            else None
+        )
+        _log_histogram(
+            axes[row, 0],
+            np.abs(candidate.astype(np.float64) - reference).ravel(),
+            f"{key} ({'PASS' if entry['passed'] else 'FAIL'}): |Δ| per element",
+            abs_bound,
+        )
+        _log_histogram(
+            axes[row, 1],
+            1.0 - row_cosines(candidate, reference),
+            f"{key}: 1 - cosine per row",
+            1 - thresholds.min_cosine,
+        )
+    if not keys:
+        axes[0, 0].text(0.5, 0.5, "no artifact could be run", ha="center", va="center")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+
+
+def _log_histogram(axis, values: np.ndarray, title: str, limit: float | None) -> None:
+    """Histogram on a log x axis (zeros cannot sit on one: they are counted in the title); ``limit`` as a red line."""
+    from matplotlib.ticker import NullLocator
+
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
+    notes = []
+    if len(finite) > len(positive):
+        notes.append(f"{len(finite) - len(positive)} at 0")
+    if len(values) > len(finite):
+        notes.append(f"{len(values) - len(finite)} NaN/Inf")
+    axis.set_title(title + (f" [{', '.join(notes)}]" if notes else ""), fontsize=9)
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_locator(NullLocator())  # minor ticks over many decades cost seconds and add nothing
+    if len(positive):
+        low, high = positive.min(), positive.max()
+        axis.hist(positive, bins=np.geomspace(low / 1.5, high * 1.5, 40))
+    else:
+        axis.text(0.5, 0.5, "nothing above 0", ha="center", va="center", transform=axis.transAxes)
+    if limit is not None:
+        axis.axvline(limit, color="red", linestyle="--", linewidth=1, label=f"bar {limit:.2g}")
+        axis.legend(fontsize=8, loc="upper left")
+
+
+# --- presenting ----------------------------------------------------------------------------------------------------
+
+
+def _number(value, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
+
+
+def format_table(report: dict) -> str:
+    """One line per artifact and combined row, then the reasons for every failure."""
+    header = ("artifact", "min cos", "max abs", "max rel", "sim Δ", "top-1 i→t", "top-1 t→i", "NaN/Inf", "result")
+    rows = []
+    for key, entry in report["results"].items():
+        if entry.get("error"):
+            rows.append((key, "—", "—", "—", "—", "—", "—", "—", "FAIL"))
+            continue
+        directions = (entry["top1"]["image_to_text"], entry["top1"]["text_to_image"])
+        top1 = [f"{c['agree']}/{c['clear']} of {c['rows']}" for c in directions]
+        rows.append(
+            (
+                key,
+                _number(entry["min_cosine"], ".7f"),
+                _number(entry["max_abs_error"], ".2e"),
+                _number(entry["max_rel_error"], ".2e"),
+                _number(entry["max_similarity_change"], ".2e"),
+                *top1,
+                f"{entry['nan']}/{entry['inf']}",
+                "PASS" if entry["passed"] else "FAIL",
+            )
+        )
+    widths = [max(len(str(line[i])) for line in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]
+    ]
+    lines.append(
+        "top-1: agreeing/clear-margin rows of all rows (a row is clear when the reference top-1 leads top-2 "
+        f"by more than {CLEAR_MARGIN:g}); sim Δ: largest change of an image–text cosine similarity"
+    )
+    for key, entry in report["results"].items():
+        for reason in entry["failures"]:
+            reason = reason.removeprefix(f"{key}: ")  # bundle errors already start with the key
+            lines.append(f"FAIL {key}: {reason}")
+    return "\n".join(lines)
+
+
+def parity_command(bundle: str, precision: str = "all", providers: Sequence[Provider] | str | None = None) -> int:
+    """``ruclip-tiny parity BUNDLE [--precision fp32|fp16|all]``: 0 all passed, 1 something failed, 2 not a bundle."""
+    if precision != "all" and precision not in THRESHOLDS:
+        print(f"ruclip-tiny parity: error: --precision must be fp32, fp16 or all, not {precision!r}", file=sys.stderr)
+        return 2
+    precisions = PRECISIONS if precision == "all" else (precision,)
+    if isinstance(providers, str):
+        providers = [name.strip() for name in providers.split(",") if name.strip()]
+    try:
+        report = run_parity(bundle, precisions, providers=providers)
+    except BundleError as exc:
+        print(f"ruclip-tiny parity: error: {exc}", file=sys.stderr)
+        return 2
+
+    providers_used = sorted({entry["provider"] for entry in report["results"].values() if entry.get("provider")})
+    print(
+        f"parity of {report['bundle']} against its probe reference ({report['probe']['images']} images, "
+        f"{report['probe']['texts']} texts), onnxruntime {report['onnxruntime_version']} "
+        f"on {', '.join(providers_used) or 'no provider'}"
+    )
+    print(format_table(report))
+    root = Path(report["bundle"])
+    written = report["written"]
+    print(f"report:   {root / written['report']}")
+    if written["plot"]:
+        print(f"plot:     {root / written['plot']}")
+    else:
+        print(f"plot:     skipped — {written['plot_skipped']}")
+    print(f"manifest: parity results and deployable flags updated in {root / written['manifest']}")
+    failed = [key for key, entry in report["results"].items() if not entry["passed"]]
+    if failed:
+        print(
+            f"PARITY FAILED: {', '.join(failed)} (reasons above); a failed artifact is marked not deployable",
+            file=sys.stderr,
+        )
+        return 1
+    print("parity passed: every requested artifact is marked deployable")
+    return 0

@@ -1,0 +1,93 @@
+"""The exported graphs: the spec's dynamic shapes, exact FP32 parity, and an FP16 graph that keeps its FP32 islands."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.onnx import GraphCheckError, check_graph, example_inputs
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _reference(model, encoder, feeds):
+    with torch.inference_mode():
+        if encoder == "visual":
+            return model.encode_image(torch.from_numpy(feeds["pixels"])).numpy()
+        return model.encode_text(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_visual_graph_takes_any_batch(exported_bundle, bundle_reference_model, batch):
+    feeds = example_inputs("visual", batch=batch, seed=batch)
+    out = _session(exported_bundle / "visual.onnx").run(None, feeds)[0]
+    assert out.shape == (batch, 768) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _reference(bundle_reference_model, "visual", feeds), atol=2e-5)
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 1), (7, 16), (64, 77), (3, 77)])
+def test_textual_graph_takes_any_batch_and_sequence_length(exported_bundle, bundle_reference_model, batch, seq):
+    feeds = example_inputs("textual", batch=batch, seq=seq, seed=batch)
+    for name in ("textual.onnx", "textual.fp16.onnx"):
+        out = _session(exported_bundle / name).run(None, feeds)[0]
+        assert out.shape == (batch, 768) and out.dtype == np.float32
+        reference = _reference(bundle_reference_model, "textual", feeds)
+        tolerance = 2e-5 if name == "textual.onnx" else 2e-2
+        np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("name", ["textual.onnx", "textual.fp16.onnx"])
+def test_padded_and_unpadded_copies_of_a_text_give_the_same_embedding(exported_bundle, name):
+    ids = np.array([[101, 1500, 1640, 1777, 1820, 102]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    padded_ids = np.zeros((1, 77), dtype=np.int64)
+    padded_mask = np.zeros((1, 77), dtype=np.int64)
+    padded_ids[0, :6], padded_mask[0, :6] = ids[0], 1
+    session = _session(exported_bundle / name)
+    short = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    long = session.run(None, {"input_ids": padded_ids, "attention_mask": padded_mask})[0]
+    np.testing.assert_allclose(short, long, atol=1e-5 * np.abs(short).max())
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+@pytest.mark.parametrize("encoder", ["visual", "textual"])
+def test_fp16_graph_computes_in_fp16_with_fp32_norms_softmax_and_io(exported_bundle, encoder):
+    model = onnx.load(exported_bundle / f"{encoder}.fp16.onnx")
+    types = _value_types(model)
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert all(types[v.name] == fp32 for v in model.graph.output)
+    heavy = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    in_fp16 = [n for n in heavy if types.get(n.input[1]) == fp16]
+    assert len(in_fp16) >= 0.8 * len(heavy), "the bulk of the compute must be FP16"
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert types[node.input[0]] == fp32 and types[node.output[0]] == fp32, node.name
+    for tensor in model.graph.initializer:
+        if tensor.data_type == fp16:
+            values = onnx.numpy_helper.to_array(tensor)
+            assert np.isfinite(values).all() and np.abs(values).max(initial=0) < 65504, tensor.name
+
+
+def test_graph_check_rejects_a_graph_whose_io_differs_from_the_spec(exported_bundle, tmp_path):
+    model = onnx.load(exported_bundle / "visual.onnx")
+    old = model.graph.output[0].name
+    (producer,) = [n for n in model.graph.node if old in n.output]
+    producer.output[list(producer.output).index(old)] = "features"
+    model.graph.output[0].name = "features"
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, path)
+    check_graph(exported_bundle / "visual.onnx", "visual")
+    with pytest.raises(GraphCheckError, match="spec says"):
+        check_graph(path, "visual")

@@ -1,0 +1,343 @@
+"""Parity engine: metrics on constructed arrays, thresholds per precision, and ``ruclip-tiny parity`` end to end on
+a tiny fake bundle (onnx.helper graphs with the real I/O contract) — no torch anywhere."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import parity
+from runtime.backends import BackendError
+from runtime.backends.onnxruntime import OnnxRuntimeEncoder
+from runtime.bundle import Bundle
+from tests.runtime import fake_bundle
+
+
+def _features(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (rows, 768)).astype(np.float32)
+
+
+def test_the_parity_engine_imports_without_torch():
+    code = "import runtime.parity, sys; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(result.stdout.split())
+    assert {"runtime.parity", "runtime.backends.onnxruntime", "onnxruntime"} <= modules
+    assert not {"torch", "timm", "transformers", "torchvision", "matplotlib"} & modules
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+def test_row_cosine_measures_a_known_rotation():
+    reference = _features(3)
+    candidate = reference.copy()
+    u = reference[1] / np.linalg.norm(reference[1])
+    v = np.zeros(768)
+    v[0] = 1.0
+    v -= (v @ u) * u
+    v /= np.linalg.norm(v)
+    angle = 0.01
+    candidate[1] = (math.cos(angle) * u + math.sin(angle) * v) * 5.0  # rotated and rescaled: scale must not count
+    cosines = parity.row_cosines(candidate, reference)
+    assert cosines[0] == pytest.approx(1.0, abs=1e-12)
+    assert cosines[1] == pytest.approx(math.cos(angle), abs=1e-7)
+    metrics = parity.feature_metrics(candidate, reference)
+    assert metrics["min_cosine"] == pytest.approx(math.cos(angle), abs=1e-7)
+    assert metrics["mean_cosine"] == pytest.approx((2 + math.cos(angle)) / 3, abs=1e-7)
+
+
+def test_abs_and_relative_errors_of_a_known_perturbation():
+    reference = np.ones((2, 768), np.float32)
+    reference[0, 0] = 4.0  # the peak
+    reference[0, 1] = 2.0
+    reference[1, 5] = 1e-6  # tiny: below the element-wise floor
+    candidate = reference.copy()
+    candidate[0, 1] += 0.02  # relative 0.01 on an element of 2.0
+    candidate[1, 5] += 1e-5  # relative 10 on a tiny element — must be ignored by the element-wise measure
+    assert parity.max_abs_error(candidate, reference) == pytest.approx(0.02, rel=1e-4)
+    assert parity.max_relative_error(candidate, reference) == pytest.approx(0.02 / 4.0, rel=1e-4)
+    assert parity.max_elementwise_relative_error(candidate, reference) == pytest.approx(0.01, rel=1e-4)
+    # with no floor the tiny element dominates: the floor is what keeps the measure meaningful
+    assert parity.max_elementwise_relative_error(candidate, reference, floor=0.0) > 5
+
+
+def test_a_nan_row_is_counted_and_fails_every_precision():
+    reference = _features(4)
+    candidate = reference.copy()
+    candidate[2, 7] = np.nan
+    candidate[3, 0] = np.inf
+    metrics = {
+        **parity.feature_metrics(candidate, reference),
+        **parity.similarity_metrics(candidate, _features(5, 1), reference, _features(5, 1)),
+    }
+    assert (metrics["nan"], metrics["inf"]) == (1, 1)
+    assert math.isnan(metrics["min_cosine"]) and math.isnan(metrics["max_similarity_change"])
+    for precision in ("fp32", "fp16"):
+        failures = parity.judge(metrics, parity.thresholds_for(precision))
+        assert any("1 NaN and 1 Inf" in reason for reason in failures)
+        assert any("min row cosine" in reason for reason in failures)
+
+
+def test_top1_ignores_a_near_tie_flip_but_catches_a_clear_margin_flip():
+    reference = np.array([[0.50, 0.4995, 0.10], [0.90, 0.20, 0.10]])
+    near_tie_flipped = np.array([[0.4990, 0.4996, 0.10], [0.90, 0.20, 0.10]])
+    counts = parity.top1_rows(near_tie_flipped, reference)
+    assert counts == {"rows": 2, "clear": 1, "agree": 1, "flipped": []}
+
+    clear_flipped = np.array([[0.50, 0.4995, 0.10], [0.20, 0.90, 0.10]])
+    counts = parity.top1_rows(clear_flipped, reference)
+    assert counts == {"rows": 2, "clear": 1, "agree": 0, "flipped": [1]}
+    failures = parity.judge({"top1": {"image_to_text": counts}}, parity.thresholds_for("fp16"))
+    assert failures and "0/1 clear-margin rows" in failures[0]
+
+
+def test_top1_is_checked_in_both_directions():
+    reference = np.array([[0.9, 0.1], [0.5, 0.3]])
+    # every image keeps its best text, but text 1 now prefers image 0 over image 1 (a clear 0.2 margin before)
+    candidate = np.array([[0.9, 0.35], [0.5, 0.3]])
+    agreement = parity.top1_agreement(candidate, reference)
+    assert agreement["image_to_text"] == {"rows": 2, "clear": 2, "agree": 2, "flipped": []}
+    assert agreement["text_to_image"] == {"rows": 2, "clear": 2, "agree": 1, "flipped": [1]}
+    failures = parity.judge({"top1": agreement}, parity.thresholds_for("fp32"))
+    assert len(failures) == 1 and "text to image" in failures[0]
+
+
+def test_similarity_change_is_the_largest_moved_cosine():
+    image, text = _features(3, 1), _features(4, 2)
+    moved = image.copy()
+    moved[0] += 0.05 * text[2]  # pulls image 0 towards text 2
+    metrics = parity.similarity_metrics(moved, text, image, text)
+    expected = np.abs(parity.cosine_similarities(moved, text) - parity.cosine_similarities(image, text)).max()
+    assert metrics["max_similarity_change"] == pytest.approx(expected)
+    assert metrics["max_similarity_change"] > 1e-3
+
+
+# --- thresholds ----------------------------------------------------------------------------------------------------
+
+
+def test_thresholds_are_per_precision():
+    fp32, fp16 = parity.thresholds_for("fp32"), parity.thresholds_for("fp16")
+    assert (fp32.min_cosine, fp32.max_abs_error_per_norm, fp32.max_similarity_change) == (0.99999, 1e-4, 1e-4)
+    assert (fp16.min_cosine, fp16.max_abs_error_per_norm, fp16.max_similarity_change) == (0.9999, None, 1e-3)
+    assert fp32.clear_margin == fp16.clear_margin == 1e-3
+    assert fp32.min_top1_agreement == fp16.min_top1_agreement == 1.0
+    with pytest.raises(ValueError, match="int8"):
+        parity.thresholds_for("int8")
+
+    # what FP16 rounding looks like: fine for fp16, far outside the fp32 bars
+    fp16_like = {
+        "min_cosine": 0.99995,
+        "max_abs_error": 0.01,
+        "mean_reference_norm": 10.0,
+        "max_similarity_change": 5e-4,
+        "nan": 0,
+        "inf": 0,
+    }
+    assert parity.judge(fp16_like, fp16) == []
+    reasons = parity.judge(fp16_like, fp32)
+    assert len(reasons) == 3
+    assert any("max abs error 0.01 > 0.001" in reason for reason in reasons)
+
+
+def test_plain_cuda_provider_gets_tf32_switched_off():
+    assert parity.parity_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}),
+        "CPUExecutionProvider",
+    ]
+    explicit = ("CUDAExecutionProvider", {"use_tf32": "1"})
+    assert parity.parity_providers([explicit]) == [explicit]
+    assert "CPUExecutionProvider" in parity.parity_providers(None)
+
+
+# --- the ONNX Runtime runner -----------------------------------------------------------------------------------------
+
+
+def test_runner_batches_in_order_and_names_bad_feeds(tmp_path):
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle", images=7)
+    probe = np.load(root / "probe/inputs.npz")
+    encoder = OnnxRuntimeEncoder(root / "visual.onnx")
+    assert (encoder.input_names, encoder.output_names) == (["pixels"], ["image_features"])
+    whole = encoder.run({"pixels": probe["pixels"]})
+    batched = encoder.run_batched({"pixels": probe["pixels"]}, batch_size=3)  # 3 + 3 + 1 rows
+    assert whole.dtype == batched.dtype == np.float32 and batched.shape == (7, 768)
+    np.testing.assert_allclose(batched, whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(batched, np.load(root / "probe/reference.npz")["image_features"], rtol=1e-6, atol=1e-6)
+
+    with pytest.raises(BackendError, match=r"takes inputs \['pixels'\]"):
+        encoder.run({"image": probe["pixels"]})
+    with pytest.raises(BackendError, match="NoSuchExecutionProvider is not available"):
+        OnnxRuntimeEncoder(root / "visual.onnx", providers=["NoSuchExecutionProvider"])
+
+
+# --- end to end on a fake bundle -----------------------------------------------------------------------------------
+
+
+ARTIFACTS = ("visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16")
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    return fake_bundle.build_fake_bundle(tmp_path / "bundle")
+
+
+def _manifest(root) -> dict:
+    return json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _strict_json(path) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_untouched_bundle_passes_and_is_marked_deployable(bundle_dir, capsys):
+    assert parity.parity_command(str(bundle_dir)) == 0
+    out = capsys.readouterr().out
+    for key in (*ARTIFACTS, "combined.fp32", "combined.fp16"):
+        assert key in out
+    assert "FAIL" not in out and str(bundle_dir / "parity/report.json") in out
+
+    report = _strict_json(bundle_dir / "parity/report.json")
+    assert report["passed"] is True and report["precisions"] == ["fp32", "fp16"]
+    assert sorted(report["results"]) == sorted([*ARTIFACTS, "combined.fp32", "combined.fp16"])
+    manifest = _manifest(bundle_dir)
+    for key in ARTIFACTS:
+        entry = manifest["parity"][key]
+        assert entry["passed"] is True and entry["failures"] == [] and entry["error"] is None
+        assert entry["sha256"] == manifest["artifacts"][key]["sha256"]
+        assert entry["backend"] == "onnxruntime" and entry["provider"] == "CPUExecutionProvider"
+        assert entry["thresholds"] == report["thresholds"][entry["precision"]]
+        assert manifest["artifacts"][key]["deployable"] is True
+    # FP16 compute really differs from the reference, and stays inside the fp16 bars
+    fp16 = manifest["parity"]["textual.fp16"]
+    assert 0 < fp16["max_abs_error"] and 1 - fp16["min_cosine"] < 1e-4 and fp16["max_similarity_change"] < 1e-3
+    # the probe has near-tie texts: they are left out of the text→image top-1, not counted as agreeing
+    text_to_image = fp16["top1"]["text_to_image"]
+    assert text_to_image["clear"] < text_to_image["rows"] == 8
+    assert text_to_image["agree"] == text_to_image["clear"]
+
+
+@pytest.mark.parametrize(
+    ("key", "initializer"),
+    [("visual.fp32", fake_bundle.VISUAL_W1), ("textual.fp16", fake_bundle.TEXTUAL_W1)],
+)
+def test_a_weight_scaled_by_one_percent_fails_that_artifact_only(bundle_dir, capsys, key, initializer):
+    graph = bundle_dir / Bundle.load(bundle_dir).artifact(key)["path"]
+    fake_bundle.scale_initializer(graph, initializer, 1.01)
+    fake_bundle.refresh_manifest_entry(bundle_dir, key)  # so the sha256 check does not catch it first
+
+    assert parity.parity_command(str(bundle_dir)) == 1
+    captured = capsys.readouterr()
+    assert f"FAIL {key}: min row cosine" in captured.out or f"FAIL {key}: max abs error" in captured.out
+    assert "PARITY FAILED" in captured.err
+
+    manifest = _manifest(bundle_dir)
+    assert manifest["artifacts"][key]["deployable"] is False
+    entry = manifest["parity"][key]
+    assert entry["passed"] is False and entry["error"] is None and entry["failures"]
+    assert any("similarity moved" in reason for reason in entry["failures"])
+    for other in ARTIFACTS:
+        if other != key:
+            assert manifest["artifacts"][other]["deployable"] is True, other
+            assert manifest["parity"][other]["passed"] is True, other
+    precision = key.split(".")[1]
+    other_precision = "fp16" if precision == "fp32" else "fp32"
+    assert manifest["parity"][f"combined.{precision}"]["passed"] is False
+    assert manifest["parity"][f"combined.{other_precision}"]["passed"] is True
+
+
+def test_a_flipped_byte_is_caught_by_the_sha256_check(bundle_dir, capsys):
+    fake_bundle.flip_byte(bundle_dir / "visual.fp16.onnx")
+    assert parity.parity_command(str(bundle_dir)) == 1
+    out = capsys.readouterr().out
+
+    report = _strict_json(bundle_dir / "parity/report.json")
+    entry = report["results"]["visual.fp16"]
+    assert entry["passed"] is False and "does not match the manifest" in entry["error"]
+    assert "sha256 differs" in entry["error"] and "FAIL visual.fp16" in out
+    assert "not judged: visual.fp16" in report["results"]["combined.fp16"]["error"]
+    manifest = _manifest(bundle_dir)
+    assert manifest["artifacts"]["visual.fp16"]["deployable"] is False
+    assert manifest["artifacts"]["textual.fp16"]["deployable"] is True
+
+
+def test_nan_output_is_reported_and_report_stays_valid_json(bundle_dir):
+    fake_bundle.scale_initializer(bundle_dir / "textual.onnx", "textual.b1", float("nan"))
+    fake_bundle.refresh_manifest_entry(bundle_dir, "textual.fp32")
+    report = parity.run_parity(bundle_dir, precisions=("fp32",))
+    entry = report["results"]["textual.fp32"]
+    assert entry["nan"] == 8 * 768 and not entry["passed"]
+    assert math.isnan(entry["min_cosine"])
+    written = _strict_json(bundle_dir / "parity/report.json")["results"]["textual.fp32"]
+    assert written["min_cosine"] is None and written["nan"] == 8 * 768
+    assert report["results"]["visual.fp32"]["passed"] is True
+
+
+def test_missing_artifacts_of_a_precision_are_failures(tmp_path, capsys):
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle", precisions=("fp32",))
+    assert parity.parity_command(str(root), precision="all") == 1
+    report = _strict_json(root / "parity/report.json")
+    assert "has no artifact 'visual.fp16'" in report["results"]["visual.fp16"]["error"]
+    assert report["results"]["visual.fp32"]["passed"] is True
+    manifest = _manifest(root)
+    assert "visual.fp16" not in manifest["artifacts"] and "visual.fp16" not in manifest["parity"]
+    assert manifest["artifacts"]["visual.fp32"]["deployable"] is True
+    # asking for fp32 only judges what exists
+    assert parity.parity_command(str(root), precision="fp32") == 0
+    capsys.readouterr()
+
+
+def test_a_directory_without_manifest_exits_2_naming_it(tmp_path, capsys):
+    assert parity.parity_command(str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "no manifest.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bundle_without_probe_reference_exits_2(bundle_dir, capsys):
+    (bundle_dir / "probe/reference.npz").unlink()
+    assert parity.parity_command(str(bundle_dir)) == 2
+    assert "probe/reference.npz is missing" in capsys.readouterr().err
+
+
+def test_a_changed_probe_reference_is_caught_by_its_sha256(bundle_dir, capsys):
+    path = bundle_dir / "probe/reference.npz"
+    with np.load(path) as data:
+        reference = dict(data)
+    reference["text_features"][0] *= 1.01  # a tampered reference would silently move every verdict
+    np.savez(path, **reference)
+    assert parity.parity_command(str(bundle_dir)) == 2
+    assert "reference.npz does not match the sha256 in the manifest" in capsys.readouterr().err
+
+
+def test_unknown_precision_exits_2(bundle_dir, capsys):
+    assert parity.parity_command(str(bundle_dir), precision="int8") == 2
+    assert "int8" in capsys.readouterr().err
+
+
+def test_write_false_leaves_the_bundle_untouched(bundle_dir):
+    before = (bundle_dir / "manifest.json").read_bytes()
+    report = parity.run_parity(bundle_dir, write=False)
+    assert report["passed"] and report["written"] is None
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+    assert not (bundle_dir / "parity").exists()
+
+
+def test_plot_is_skipped_without_matplotlib(bundle_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail as if not installed
+    assert parity.parity_command(str(bundle_dir), precision="fp16") == 0
+    assert "plot:     skipped — matplotlib is not installed" in capsys.readouterr().out
+    assert not (bundle_dir / "parity/errors.png").exists()
+    assert "matplotlib" in _strict_json(bundle_dir / "parity/report.json")["written"]["plot_skipped"]
+
+
+def test_plot_is_written_with_matplotlib(bundle_dir):
+    pytest.importorskip("matplotlib", reason="matplotlib is optional (ruclip-tiny[plots]); the plot is not drawn")
+    report = parity.run_parity(bundle_dir)
+    assert report["written"]["plot"] == "parity/errors.png"
+    assert (bundle_dir / "parity/errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
