@@ -32,9 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
     temporary = Path(name)
-    os.chmod(temporary, 0o644)  # mkstemp makes 0600; artifacts are read by other users (e.g. a serving container)
     try:
         yield temporary
+        # mkstemp (or a writer that recreates the file) leaves 0600; artifacts are read by other users, e.g. a
+        # serving container, so they get the usual 0644 before they appear under their real name.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -155,3 +155,8 @@ def test_parity_fails_when_a_weight_is_scaled_by_one_percent(exported_bundle, tm
     manifest = Bundle.load(copy).manifest
     assert manifest["artifacts"]["textual.fp32"]["deployable"] is False
     assert manifest["artifacts"]["visual.fp32"]["deployable"] is True
+
+
+def test_bundle_files_are_readable_by_other_users(exported_bundle):
+    unreadable = [str(p) for p in exported_bundle.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
+    assert unreadable == []
