@@ -92,16 +92,19 @@ class Bundle:
     def verify(self, keys: list[str] | None = None) -> None:
         """Check size and sha256 of the listed artifacts (all by default) against the manifest."""
         for key in keys if keys is not None else sorted(self.artifacts):
-            entry = self.artifact(key)
-            path = self.path(entry["path"])
-            if not path.is_file():
-                raise BundleError(f"{key}: {path} is missing; re-export the bundle (ruclip-tiny export --force)")
-            size = path.stat().st_size
-            if size != entry["size"] or file_sha256(path) != entry["sha256"]:
-                raise BundleError(
-                    f"{key}: {path} does not match the manifest ({size} bytes, expected {entry['size']}; sha256 "
-                    "differs): the file was changed or corrupted — re-export the bundle (ruclip-tiny export --force)"
-                )
+            self.verify_file(key, self.artifact(key))
+
+    def verify_file(self, label: str, entry: dict) -> None:
+        """Check one file described by a manifest entry (``path``, ``size``, ``sha256``); raise BundleError if not."""
+        path = self.path(entry["path"])
+        if not path.is_file():
+            raise BundleError(f"{label}: {path} is missing; re-export the bundle (ruclip-tiny export --force)")
+        size = path.stat().st_size
+        if size != entry["size"] or file_sha256(path) != entry["sha256"]:
+            raise BundleError(
+                f"{label}: {path} does not match the manifest ({size} bytes, expected {entry['size']}; sha256 "
+                "differs): the file was changed or corrupted — re-export the bundle (ruclip-tiny export --force)"
+            )
 
     def write_manifest(self) -> None:
         """Rewrite manifest.json atomically (a reader sees the old or the new manifest, never a mix)."""

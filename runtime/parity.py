@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ruclip_tiny import spec
-from ruclip_tiny.fileio import atomic_path, atomic_write_json, file_sha256
+from ruclip_tiny.fileio import atomic_path, atomic_write_json
 from runtime.backends import BackendError
 from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_name
 from runtime.bundle import (
@@ -310,12 +310,7 @@ def _verify_probe_files(bundle: Bundle) -> None:
     for entry in listed:
         if not isinstance(entry, dict) or entry.get("path") not in (PROBE_INPUTS, PROBE_REFERENCE):
             continue
-        path = bundle.path(entry["path"])
-        if path.is_file() and "sha256" in entry and file_sha256(path) != entry["sha256"]:
-            raise BundleError(
-                f"{path} does not match the sha256 in the manifest: the probe was changed or corrupted — "
-                "re-export the bundle (ruclip-tiny export --force)"
-            )
+        bundle.verify_file("probe", entry)
 
 
 def load_probe(bundle: Bundle) -> Probe:

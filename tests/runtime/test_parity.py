@@ -312,7 +312,7 @@ def test_a_changed_probe_reference_is_caught_by_its_sha256(bundle_dir, capsys):
     reference["text_features"][0] *= 1.01  # a tampered reference would silently move every verdict
     np.savez(path, **reference)
     assert parity.parity_command(str(bundle_dir)) == 2
-    assert "reference.npz does not match the sha256 in the manifest" in capsys.readouterr().err
+    assert "probe/reference.npz does not match the manifest" in capsys.readouterr().err
 
 
 def test_unknown_precision_exits_2(bundle_dir, capsys):
