@@ -4,8 +4,9 @@ TensorRT 11 builds strongly typed networks, so the precision of every op comes f
 exported straight from PyTorch with the model in half precision, except where FP16 is known to fail:
 - every LayerNorm (ConvNeXt's channel norms, the legacy unbiased ones, DistilBERT's) computes in FP32: DistilBERT's
   eps 1e-12 underflows FP16, and the variance of an un-normalised residual stream overflows it;
-- attention scores, the additive mask and the softmax are FP32, and the mask is built in FP32 (its fill value is
-  FP32's min, which would be -inf in FP16 and give NaN for a fully masked row);
+- attention scores, the additive mask and the softmax are FP32; the mask's fill value is FP16's lowest finite
+  number (-65504), not FP32's min, so no constant in the graph becomes -inf in FP16 (which gives NaN for a fully
+  masked row) even if a builder ran that path in FP16;
 - inputs and outputs stay FP32 (pixels, features), so callers and the runtime see the FP32 graph's interface.
 Why this instead of a converter: onnxconverter-common ran past 15 minutes on this ConvNeXt and, without Cast in its
 block list, produced a graph ONNX Runtime rejects; ModelOpt AutoCast pins older onnx/onnxruntime. Exporting from
@@ -36,12 +37,14 @@ def _fp32_softmax_attention(module, query, key, value, attention_mask, scaling=N
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-def _fp32_eager_mask(*args, **kwargs):
-    """transformers' eager additive mask, always built in FP32 whatever the model's dtype."""
+def _fp16_safe_eager_mask(*args, **kwargs):
+    """transformers' eager additive mask filled with FP16's lowest finite value, returned as FP32."""
+    import torch
     from transformers.masking_utils import eager_mask
 
-    kwargs["dtype"] = __import__("torch").float32
-    return eager_mask(*args, **kwargs)
+    kwargs["dtype"] = torch.float16
+    mask = eager_mask(*args, **kwargs)
+    return None if mask is None else mask.float()
 
 
 def _register_attention() -> None:
@@ -49,7 +52,7 @@ def _register_attention() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION_IMPLEMENTATION, _fp32_softmax_attention)
-    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, _fp32_eager_mask)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, _fp16_safe_eager_mask)
 
 
 def fp16_model(model):
