@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RuclipTinyError
 from .progress import StageTimer
 
@@ -81,6 +83,86 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     return parity_command(args.bundle, precision=args.precision)
 
 
+def _load_embedder(args: argparse.Namespace, bundle: str):
+    from runtime.embedder import Embedder
+
+    options = {"batch_size": args.batch_size} if args.batch_size else {}
+    embedder = Embedder.load(bundle, backend=args.backend, precision=args.precision, **options)
+    print(f"{embedder.backend.describe()} ({embedder.selection})", file=sys.stderr)
+    if embedder.synthetic:
+        print("SYNTHETIC weights: these embeddings prove the toolchain, they mean nothing", file=sys.stderr)
+    return embedder
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from runtime import collection
+
+    collection.output_format(args.out)
+    items = collection.image_paths(args.images) if args.images else collection.text_lines(args.texts)
+    kind = "images" if args.images else "texts"
+    embedder = _load_embedder(args, args.bundle)
+    job = collection.embed_images if args.images else collection.embed_texts
+    with tqdm(total=len(items), unit=kind[:-1], desc=f"embedding {kind}", file=sys.stderr) as bar:
+        result = job(embedder, items, normalize=not args.no_normalize, batch_size=args.batch_size, progress=bar.update)
+    result.save(args.out)
+    truncated = result.metadata.get("truncated_ids", [])
+    print(
+        f"{len(result.ids)} {kind} embedded, {len(result.failed_ids)} failed"
+        + (f", {len(truncated)} texts cut at 77 tokens" if truncated else "")
+        + f" -> {args.out}"
+    )
+    for item, error in zip(result.failed_ids, result.failed_errors):
+        print(f"  failed: {item}: {error}")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from runtime import collection
+
+    if args.labels_file:
+        labels = [line.strip() for line in collection.text_lines(args.labels_file) if line.strip()]
+    else:
+        labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if not labels:
+        raise collection.CollectionError("no labels given: pass --labels \"кошка,собака\" or --labels-file FILE")
+    paths = collection.image_paths(args.images)
+    embedder = _load_embedder(args, args.bundle)
+    probs = embedder.classify(paths, labels, template=args.template)
+    width = max(len(label) for label in labels)
+    for path, row in zip(paths, probs):
+        print(path)
+        for index in np.argsort(-row, kind="stable")[: args.top]:
+            print(f"  {labels[index]:<{width}}  {row[index]:.4f}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from runtime.collection import Collection, CollectionError
+
+    found = Collection.load(args.collection)
+    bundle = args.bundle or found.metadata.get("bundle")
+    if not bundle:
+        raise CollectionError(f"{args.collection} does not name its bundle; pass --bundle BUNDLE")
+    embedder = _load_embedder(args, bundle)
+    if args.image:
+        query = embedder.encode_images([args.image])[0]
+    elif args.query is not None:
+        query = embedder.encode_texts([args.query])[0]
+    else:
+        raise CollectionError('give a text query ("кошка на диване") or --image PATH')
+    for rank, (item, score) in enumerate(found.rank(query, args.top), 1):
+        print(f"{rank:>3}  {score:.4f}  {item}")
+    return 0
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per backend call")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ruclip-tiny", description="RuCLIP tiny: reference, export, runtime.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +192,36 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("bundle", help="bundle directory")
     parity.add_argument("--precision", choices=["fp32", "fp16", "all"], default="all")
     parity.set_defaults(func=_cmd_parity)
+
+    embed = commands.add_parser("embed", help="embed a folder of images or a text file into an .npz/.parquet collection")
+    embed.add_argument("bundle", help="bundle directory")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", help="directories (walked recursively, sorted), globs or files")
+    source.add_argument("--texts", help="UTF-8 text file, one text per line")
+    embed.add_argument("--out", required=True, help="OUT.npz or OUT.parquet")
+    embed.add_argument("--no-normalize", action="store_true", help="keep the raw features (default: L2-normalised)")
+    _add_backend_options(embed)
+    embed.set_defaults(func=_cmd_embed)
+
+    classify = commands.add_parser("classify", help="zero-shot classify images against labels")
+    classify.add_argument("bundle", help="bundle directory")
+    classify.add_argument("images", nargs="+", help="image files, directories or globs")
+    labels = classify.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, e.g. "кошка,собака"')
+    labels.add_argument("--labels-file", help="one label per line")
+    classify.add_argument("--template", default="{}", help='text template for each label, e.g. "фото: {}"')
+    classify.add_argument("--top", type=int, default=5, help="labels shown per image (default 5)")
+    _add_backend_options(classify)
+    classify.set_defaults(func=_cmd_classify)
+
+    search = commands.add_parser("search", help="rank an embedded image collection by a text query or an image")
+    search.add_argument("collection", help="OUT.npz / OUT.parquet written by ruclip-tiny embed")
+    search.add_argument("query", nargs="?", help="text query")
+    search.add_argument("--image", help="rank by similarity to this image instead of a text")
+    search.add_argument("--top", type=int, default=5)
+    search.add_argument("--bundle", help="bundle to embed the query with (default: the one the collection names)")
+    _add_backend_options(search)
+    search.set_defaults(func=_cmd_search)
     return parser
 
 

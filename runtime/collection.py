@@ -1,0 +1,203 @@
+"""Embedding collections: what ``ruclip-tiny embed`` writes (npz or parquet) and ``ruclip-tiny search`` ranks.
+
+A collection holds ``ids`` (image paths, or 1-based line numbers of a text file), ``embeddings`` float32 [N, 768]
+(row i belongs to ids[i]), ``failed_ids`` / ``failed_errors`` for the items that could not be embedded, and
+metadata (model, bundle, backend, precision, normalisation, truncated texts). A broken image never aborts a job
+and never shifts a row: it is listed among the failures instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ruclip_tiny.errors import RuclipTinyError
+from ruclip_tiny.fileio import atomic_path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+JOB_CHUNK = 256  # items decoded and embedded per step: bounded memory for 100k-image folders
+
+
+class CollectionError(RuclipTinyError):
+    """Bad input to an embedding job, or a file that is not a collection."""
+
+
+@dataclass
+class Collection:
+    """ids: N strings; embeddings: float32 [N, D]; failed_ids / failed_errors: the items that were skipped."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    failed_ids: list[str] = field(default_factory=list)
+    failed_errors: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``.npz`` (always available) or ``.parquet`` (needs pyarrow), atomically."""
+        path = Path(path)
+        if output_format(path) == "parquet":
+            self._save_parquet(path)
+        else:
+            with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+                np.savez(
+                    handle,
+                    ids=np.array(self.ids, dtype=str),
+                    embeddings=self.embeddings.astype(np.float32),
+                    failed_ids=np.array(self.failed_ids, dtype=str),
+                    failed_errors=np.array(self.failed_errors, dtype=str),
+                    metadata=np.array(json.dumps(self.metadata, ensure_ascii=False, sort_keys=True)),
+                )
+        return path
+
+    def _save_parquet(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        dim = self.embeddings.shape[1] if self.embeddings.ndim == 2 else 0
+        embeddings = [row for row in self.embeddings.astype(np.float32)] + [None] * len(self.failed_ids)
+        table = pa.table(
+            {
+                "id": pa.array(self.ids + self.failed_ids, pa.string()),
+                "embedding": pa.array(embeddings, pa.list_(pa.float32(), dim)),
+                "error": pa.array([None] * len(self.ids) + self.failed_errors, pa.string()),
+            }
+        ).replace_schema_metadata({"ruclip_tiny": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True)})
+        with atomic_path(path) as temporary:
+            pq.write_table(table, temporary)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Collection":
+        path = Path(path)
+        if not path.is_file():
+            raise CollectionError(f"collection {path} does not exist; create one with: ruclip-tiny embed BUNDLE ... --out {path}")
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            metadata = json.loads((table.schema.metadata or {}).get(b"ruclip_tiny", b"{}"))
+            ids, embeddings, errors = (table.column(c).to_pylist() for c in ("id", "embedding", "error"))
+            ok = [i for i, error in enumerate(errors) if error is None]
+            bad = [i for i, error in enumerate(errors) if error is not None]
+            matrix = np.array([embeddings[i] for i in ok], dtype=np.float32).reshape(len(ok), -1)
+            return cls([ids[i] for i in ok], matrix, [ids[i] for i in bad], [errors[i] for i in bad], metadata)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(
+                    [str(x) for x in data["ids"]],
+                    data["embeddings"].astype(np.float32),
+                    [str(x) for x in data["failed_ids"]],
+                    [str(x) for x in data["failed_errors"]],
+                    json.loads(str(data["metadata"])),
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise CollectionError(f"{path} is not a collection written by ruclip-tiny embed ({exc})") from None
+
+    def rank(self, query: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
+        """The ``top`` items most similar (cosine) to ``query`` float32 [D], best first: [(id, cosine)]."""
+        if len(self.ids) == 0:
+            return []
+        rows = self.embeddings / np.linalg.norm(self.embeddings, axis=1, keepdims=True)
+        scores = rows @ (query / np.linalg.norm(query))
+        order = np.argsort(-scores, kind="stable")[:top]
+        return [(self.ids[i], float(scores[i])) for i in order]
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """"npz" or "parquet" from the file name; checked before a job starts so a typo does not cost the whole job."""
+    suffix = Path(path).suffix
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CollectionError(
+                f"--out {path}: writing parquet needs pyarrow (pip install 'ruclip-tiny[parquet]'), or use .npz"
+            ) from None
+        return "parquet"
+    if suffix == ".npz":
+        return "npz"
+    raise CollectionError(f"--out {path}: use a .npz or .parquet file name")
+
+
+def image_paths(arguments: Sequence[str]) -> list[Path]:
+    """Expand ``--images`` arguments: a directory is walked recursively (sorted, image suffixes only), a glob is
+    expanded (sorted), a file is taken as given. An argument that matches nothing is an error naming it."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(argument):
+            found = sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())
+        else:
+            raise CollectionError(f"--images {argument}: no such file or directory")
+        if not found:
+            raise CollectionError(f"--images {argument}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) there")
+        paths.extend(found)
+    return paths
+
+
+def text_lines(path: str | os.PathLike) -> list[str]:
+    """The texts of a UTF-8 file, one per line (line i is text id i, 1-based); an empty line is an empty text."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CollectionError(f"--texts {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise CollectionError(f"--texts {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def embed_images(embedder, paths: Sequence[Path], normalize: bool = True, batch_size: int | None = None,
+                 progress: Callable | None = None) -> Collection:
+    """Embed image files in order, JOB_CHUNK at a time; undecodable files become failures, never abort the job."""
+    ids, rows, failed_ids, failed_errors = [], [], [], []
+    for start in range(0, len(paths), JOB_CHUNK):
+        chunk = list(paths[start : start + JOB_CHUNK])
+        embeddings, ok, failures = embedder.encode_images_partial(chunk, normalize=normalize, batch_size=batch_size)
+        ids += [str(chunk[i]) for i in ok]
+        rows.append(embeddings)
+        for index, label, reason in failures:
+            failed_ids.append(str(chunk[index]))
+            failed_errors.append(reason)
+        if progress:
+            progress(len(chunk))
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
+    return Collection(ids, embeddings, failed_ids, failed_errors, _metadata(embedder, "images", normalize))
+
+
+def embed_texts(embedder, texts: Sequence[str], normalize: bool = True, batch_size: int | None = None,
+                progress: Callable | None = None) -> Collection:
+    """Embed texts in order (ids are 1-based line numbers); texts cut at 77 tokens are listed in the metadata."""
+    rows, truncated = [], []
+    for start in range(0, len(texts), JOB_CHUNK):
+        chunk = list(texts[start : start + JOB_CHUNK])
+        result = embedder.encode_texts_detailed(chunk, normalize=normalize, batch_size=batch_size)
+        rows.append(result.embeddings)
+        truncated += [str(start + index + 1) for index in result.truncated]
+        if progress:
+            progress(len(chunk))
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
+    metadata = _metadata(embedder, "texts", normalize)
+    metadata["truncated_ids"] = truncated
+    return Collection([str(i + 1) for i in range(len(texts))], embeddings, metadata=metadata)
+
+
+def _metadata(embedder, kind: str, normalize: bool) -> dict:
+    manifest = embedder.bundle.manifest
+    return {
+        "kind": kind,
+        "model_id": manifest.get("model_id"),
+        "synthetic": embedder.synthetic,
+        "bundle": str(Path(embedder.bundle.root).resolve()),
+        "backend": embedder.backend.name,
+        "precision": embedder.precision,
+        "normalized": normalize,
+        "dim": embedder.dim,
+    }
