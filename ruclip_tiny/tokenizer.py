@@ -111,8 +111,8 @@ def load_tokenizer(path_or_id: str | os.PathLike | None = None) -> Tokenizer:
     else:
         source = os.fspath(path_or_id)
         directory = _resolve_directory(path_or_id)
-    _check_vocab_file(directory, source)
-    config = _read_json(directory / "tokenizer_config.json", source)
+    read_vocab(directory, source)
+    config = read_tokenizer_json(directory / "tokenizer_config.json", source)
     backend = _load_backend(directory, source)
     _check_special_tokens(backend, source)
     if len(backend) > EMBEDDING_ROWS:
@@ -192,27 +192,31 @@ def _hub_download(repo_id: str) -> Path | None:
         return None
 
 
-def _check_vocab_file(directory: Path, source: str) -> None:
-    vocab = directory / "vocab.txt"
-    if not vocab.is_file():
+def read_vocab(directory: Path, source: str) -> dict[str, int]:
+    """vocab.txt of a tokenizer directory as {token: id}, read like the original's load_vocab (text-mode
+    readlines, "\n" stripped, the last id of a repeated token wins); TokenizerError when missing, not UTF-8, or
+    larger than the model's embedding table. Shared with the runtime's fast tokenizer."""
+    path = directory / "vocab.txt"
+    if not path.is_file():
         raise TokenizerError(
             f"tokenizer directory {source!r} has no vocab.txt; pass a directory saved by "
             f"DistilBertTokenizer.save_pretrained (for the published model: {PUBLISHED_TOKENIZER_ID})"
         )
     try:
-        # Counted like the original's load_vocab (text-mode readlines): one id per line.
-        with open(vocab, encoding="utf-8") as f:
-            lines = sum(1 for _ in f)
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
     except UnicodeDecodeError as e:
         raise TokenizerError(f"vocab.txt of tokenizer {source!r} is not UTF-8 ({e}); re-save it as UTF-8") from e
-    if lines > EMBEDDING_ROWS:
+    if len(lines) > EMBEDDING_ROWS:
         raise TokenizerError(
-            f"vocab.txt of tokenizer {source!r} has {lines} entries; the model's embedding table has {EMBEDDING_ROWS} "
-            f"rows, so ids would overflow it — use the tokenizer the checkpoint was trained with"
+            f"vocab.txt of tokenizer {source!r} has {len(lines)} entries; the model's embedding table has "
+            f"{EMBEDDING_ROWS} rows, so ids would overflow it — use the tokenizer the checkpoint was trained with"
         )
+    return {line.rstrip("\n"): i for i, line in enumerate(lines)}
 
 
-def _read_json(path: Path, source: str) -> dict:
+def read_tokenizer_json(path: Path, source: str) -> dict:
+    """A tokenizer JSON file (tokenizer_config.json, ...) as a dict; {} when absent; TokenizerError when broken."""
     if not path.is_file():
         return {}
     try:

@@ -25,6 +25,7 @@ How each step of the original is reproduced:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import os
@@ -39,7 +40,13 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 from ruclip_tiny.errors import TokenizerError
 from ruclip_tiny.spec import MAX_TEXT_LENGTH
-from ruclip_tiny.tokenizer import DEMO_MARKER_KEY, EMBEDDING_ROWS, PUBLISHED_TOKENIZER_ID
+from ruclip_tiny.tokenizer import (
+    DEMO_MARKER_KEY,
+    EMBEDDING_ROWS,
+    PUBLISHED_TOKENIZER_ID,
+    read_tokenizer_json,
+    read_vocab,
+)
 
 # BERT's WordPiece gives up on longer words (the whole word becomes [UNK]); transformers never changes it.
 MAX_CHARS_PER_WORD = 100
@@ -54,8 +61,8 @@ CJK_RANGES = (
     (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
     (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
 )
-# Where renamed characters go: planes 4-13 are unassigned in every Unicode version, so the Python pass removes them
-# from every text, while the Rust tables see ordinary letters there.
+# Where renamed characters go: planes 4-13 are unassigned in every Unicode version so far, so the Python pass removes
+# them from every text while the Rust tables see ordinary letters there (both checked at first use).
 _RENAME_TARGETS = range(0x40000, 0x40000 + 4096)
 
 
@@ -74,10 +81,8 @@ class EncodedTexts:
     truncated: list[int]
 
     def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask) without the padding columns no row needs: int64 [B, max(lengths)].
-
-        The text encoder masks padding, so its features do not depend on how much of it there is.
-        """
+        """(input_ids, attention_mask) without the padding columns no row needs: int64 [B, max(lengths)], for a text
+        graph with a dynamic sequence dimension."""
         width = int(self.lengths.max()) if len(self.lengths) else 0
         return self.input_ids[:, :width], self.attention_mask[:, :width]
 
@@ -114,9 +119,9 @@ class FastTokenizer:
         self._marks = python.marks
         self._separators = python.separators_with_cjk if files.tokenize_chinese_chars else python.separators
         self._table, renames = _rewrite_table(mismatches, self._vocab)
+        self._rewrites = _CodePoints(_ranges(sorted(self._table)))
         # Characters that send a text down the careful path: controls and characters the table rewrites.
-        self._attention = _char_class(python.control_ranges + _ranges(sorted(self._table)))
-        self._rewrites = _char_class(_ranges(sorted(self._table))) if self._table else None
+        self._attention = _CodePoints(sorted(python.control.ranges + self._rewrites.ranges))
         # The original's lowercasing spares these, tried in this order (its regex alternation).
         spared = sorted(files.token_ids) + list(files.all_special_tokens)
         self._spared = re.compile("(" + "|".join(re.escape(t) for t in spared) + ")")
@@ -211,15 +216,15 @@ class FastTokenizer:
         if not self._attention.search(segment):
             return self._fold(segment) if self.strip_accents else segment
         if self._control.search(segment):
-            segment = self._control.sub("", segment)
+            segment = self._control.remove(segment)
             if self._special_strings.search(segment):
                 return self._split_never_split(segment)
         return self._fold(segment)
 
     def _fold(self, segment: str) -> str:
         if self.strip_accents and not segment.isascii():
-            segment = self._marks.sub("", unicodedata.normalize("NFD", segment))
-        if self._rewrites is not None and self._rewrites.search(segment):
+            segment = self._marks.remove(unicodedata.normalize("NFD", segment))
+        if self._rewrites.search(segment):
             segment = segment.translate(self._table)
         return segment
 
@@ -300,10 +305,10 @@ def _read_tokenizer_files(path: str | os.PathLike) -> _TokenizerFiles:
         raise TokenizerError(
             f"tokenizer {source!r} is a file; pass the directory that holds vocab.txt and tokenizer_config.json"
         )
-    vocab = _read_vocab(directory, source)
-    config = _read_json(directory / "tokenizer_config.json", source)
-    special_map = _read_json(directory / "special_tokens_map.json", source)
-    added_file = _read_json(directory / "added_tokens.json", source)
+    vocab = read_vocab(directory, source)
+    config = read_tokenizer_json(directory / "tokenizer_config.json", source)
+    special_map = read_tokenizer_json(directory / "special_tokens_map.json", source)
+    added_file = read_tokenizer_json(directory / "added_tokens.json", source)
 
     for key, unsupported in (("do_basic_tokenize", config.get("do_basic_tokenize", True) is not True),
                              ("never_split", bool(config.get("never_split")))):
@@ -353,39 +358,6 @@ def _read_tokenizer_files(path: str | os.PathLike) -> _TokenizerFiles:
     )
 
 
-def _read_vocab(directory: Path, source: str) -> dict[str, int]:
-    path = directory / "vocab.txt"
-    if not path.is_file():
-        raise TokenizerError(
-            f"tokenizer directory {source!r} has no vocab.txt; pass a directory saved by "
-            f"DistilBertTokenizer.save_pretrained (for the published model: {PUBLISHED_TOKENIZER_ID})"
-        )
-    try:
-        # The original's load_vocab: text-mode readlines (universal newlines), "\n" stripped, the last id wins.
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"vocab.txt of tokenizer {source!r} is not UTF-8 ({e}); re-save it as UTF-8") from e
-    if len(lines) > EMBEDDING_ROWS:
-        raise TokenizerError(
-            f"vocab.txt of tokenizer {source!r} has {len(lines)} entries; the model's embedding table has "
-            f"{EMBEDDING_ROWS} rows, so ids would overflow it — use the tokenizer the checkpoint was trained with"
-        )
-    return {line.rstrip("\n"): i for i, line in enumerate(lines)}
-
-
-def _read_json(path: Path, source: str) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path.name} of tokenizer {source!r} is not valid JSON ({e}); fix or remove it") from e
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path.name} of tokenizer {source!r} must hold a JSON object")
-    return data
-
-
 def _token_content(value, key: str, source: str) -> str | None:
     """A token as the files spell it: a string, an AddedToken dict ({"content": ...}), or null."""
     if value is None or isinstance(value, str):
@@ -407,7 +379,9 @@ def _added_token_ids(added_file: dict, config: dict, vocab: dict[str, int], spec
     listed: dict[str, int] = {}
     for key, entry in (config.get("added_tokens_decoder") or {}).items():
         content = _token_content(entry, "added_tokens_decoder", source)
-        if content not in specials and (vocab.get(content) != int(key)):
+        if not str(key).isdigit():
+            raise TokenizerError(f"added_tokens_decoder of tokenizer {source!r} has the id {key!r}; ids are integers")
+        if content not in specials and vocab.get(content) != int(key):
             listed[content] = int(key)
     for content, index in added_file.items():
         if not isinstance(index, int):
@@ -430,11 +404,48 @@ def _added_token_ids(added_file: dict, config: dict, vocab: dict[str, int], spec
 # --- Unicode: what Python (the original) and the Rust tables say about each code point ---------------------------
 
 
+class _CodePoints:
+    """A set of code points, as ranges, that texts are searched for and cleaned of, fast.
+
+    A regex class over ranges above U+FFFF is scanned range by range for every character (about a microsecond per
+    character for the control set); over the BMP alone it becomes a bitmap. So the BMP part is a regex, and the rare
+    astral characters of a text are looked up by bisection.
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]]):
+        self.ranges = ranges
+        self._bmp = _char_class([(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF])
+        astral = [(max(a, 0x10000), b) for a, b in ranges if b > 0xFFFF]
+        self._starts = [a for a, _ in astral]
+        self._ends = [b for _, b in astral]
+
+    def _has_astral(self, char: str) -> bool:
+        i = bisect.bisect_right(self._starts, ord(char)) - 1
+        return i >= 0 and ord(char) <= self._ends[i]
+
+    def search(self, text: str) -> bool:
+        """Whether the text holds any of the code points."""
+        if self._bmp.search(text):
+            return True
+        return bool(self._starts) and _ASTRAL.search(text) is not None and any(
+            self._has_astral(c) for c in text if c > "\uffff"
+        )
+
+    def remove(self, text: str) -> str:
+        """The text without any of the code points."""
+        text = self._bmp.sub("", text)
+        if self._starts and _ASTRAL.search(text):
+            text = "".join(c for c in text if c <= "\uffff" or not self._has_astral(c))
+        return text
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
 @dataclass(frozen=True)
 class _PythonTables:
-    control: re.Pattern  # the original's _clean_text drops these
-    control_ranges: list[tuple[int, int]]
-    marks: re.Pattern  # category Mn: accent stripping drops these after NFD
+    control: _CodePoints  # the original's _clean_text drops these
+    marks: _CodePoints  # category Mn: accent stripping drops these after NFD
     separators: re.Pattern  # what splits words before the original's never_split check (captured)
     separators_with_cjk: re.Pattern
     kept: np.ndarray  # int64 [K]: every code point the original does not drop
@@ -482,9 +493,8 @@ def _python_tables() -> _PythonTables:
     spaces = [cp for cp in kept.tolist() if chr(cp).isspace()]
     cjk = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in CJK_RANGES)
     return _PythonTables(
-        control=_char_class(_ranges(np.flatnonzero(control))),
-        control_ranges=_ranges(np.flatnonzero(control)),
-        marks=_char_class(_ranges(np.flatnonzero((major == ord("M")) & (minor == ord("n"))))),
+        control=_CodePoints(_ranges(np.flatnonzero(control))),
+        marks=_CodePoints(_ranges(np.flatnonzero((major == ord("M")) & (minor == ord("n"))))),
         separators=re.compile(r"(\s+)"),
         separators_with_cjk=re.compile(rf"(\s+|[{cjk}])"),
         kept=kept,
@@ -512,12 +522,14 @@ def _rust_mismatches(chinese: bool) -> dict[int, tuple[str, str]]:
         chars = list(map(chr, probed))
         outputs = normalizer.normalize_str(separator.join(chars) + separator).split(separator)
         for char, out in zip(chars, outputs):
-            if out == char and out != " ":
+            if out == " ":
+                rust[ord(char)] = "space"
+            elif out == char:
                 letters.append(char)
+            elif out == "":
+                rust[ord(char)] = "drop"
             else:
-                rust[ord(char)] = (
-                    "space" if out == " " else "drop" if out == "" else "split" if out == f" {char} " else f"changed:{out}"
-                )
+                rust[ord(char)] = "split" if out == f" {char} " else f"changed:{out}"
     # Punctuation: pre-tokenize "a" + c + "a" + d + "a" ...; every character split off comes back alone.
     for piece, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str("a" + "a".join(letters) + "a"):
         if len(piece) == 1 and piece != "a":
@@ -542,7 +554,7 @@ def _rust_mismatches(chinese: bool) -> dict[int, tuple[str, str]]:
 
 @functools.cache
 def _rename_targets() -> tuple[int, ...]:
-    """The rename targets Python reports as unassigned and the Rust tables take for letters (all, unless they change)."""
+    """The rename targets that Python reports as unassigned and the Rust tables take for letters."""
     normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
     )
