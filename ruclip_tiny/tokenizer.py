@@ -66,7 +66,7 @@ class Tokenizer:
         Returns (input_ids, attention_mask), both int64 [B, 77]: ``[CLS] pieces [SEP]`` truncated to 77 tokens and
         right-padded with [PAD]; the mask is 1 on real tokens (specials included) and 0 on padding.
         """
-        texts = _checked_texts(texts, "tokenizer")
+        texts = checked_texts(texts, "tokenizer")
         if not texts:
             empty = np.zeros((0, self.max_length), dtype=np.int64)
             return empty, empty.copy()
@@ -85,12 +85,12 @@ class Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The word pieces of one text, without [CLS]/[SEP] and without truncation."""
-        (text,) = _checked_texts([text], "tokenize")
+        (text,) = checked_texts([text], "tokenize")
         return self._backend.tokenize(text)
 
     def truncated_indices(self, texts: Sequence[str]) -> list[int]:
         """Indices of the texts that calling the tokenizer cuts short (more than 77 tokens with [CLS] and [SEP])."""
-        texts = _checked_texts(texts, "truncated_indices")
+        texts = checked_texts(texts, "truncated_indices")
         room = self.max_length - self._backend.num_special_tokens_to_add(pair=False)
         return [i for i, text in enumerate(texts) if len(self._backend.tokenize(text)) > room]
 
@@ -255,7 +255,8 @@ def _check_special_tokens(backend, source: str) -> None:
         )
 
 
-def _checked_texts(texts, caller: str) -> list[str]:
+def checked_texts(texts, caller: str) -> list[str]:
+    """``texts`` as a list of str; TypeError naming the fix for a bare str, and the index of a non-str item."""
     if isinstance(texts, str):
         raise TypeError(f"{caller}() takes a list of texts, got a single str; pass [text]")
     if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):

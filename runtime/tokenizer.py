@@ -44,6 +44,7 @@ from ruclip_tiny.tokenizer import (
     DEMO_MARKER_KEY,
     EMBEDDING_ROWS,
     PUBLISHED_TOKENIZER_ID,
+    checked_texts,
     read_tokenizer_json,
     read_vocab,
 )
@@ -156,7 +157,7 @@ class FastTokenizer:
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         """Encode a batch and say which texts were cut: see ``EncodedTexts``."""
-        texts = _checked_texts(texts, "FastTokenizer")
+        texts = checked_texts(texts, "FastTokenizer")
         batch = len(texts)
         input_ids = np.full((batch, self.max_length), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((batch, self.max_length), dtype=np.int64)
@@ -615,15 +616,3 @@ def _build_backend(files: _TokenizerFiles, renames: dict[int, str], padded: bool
         backend.enable_truncation(max_length=MAX_TEXT_LENGTH)
         backend.enable_padding(length=MAX_TEXT_LENGTH, pad_id=files.token_ids[pad], pad_token=pad)
     return backend
-
-
-def _checked_texts(texts, caller: str) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{caller}() takes a list of texts, got a single str; pass [text]")
-    if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"{caller}() takes a list of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{caller}(): texts[{i}] is {type(text).__name__}, not str: {text!r:.80}")
-    return texts
