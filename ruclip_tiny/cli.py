@@ -83,6 +83,12 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     return parity_command(args.bundle, precision=args.precision)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from runtime.bench import bench_command
+
+    return bench_command(args)
+
+
 def _load_embedder(args: argparse.Namespace, bundle: str):
     from runtime.embedder import Embedder
 
@@ -222,6 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--bundle", help="bundle to embed the query with (default: the one the collection names)")
     _add_backend_options(search)
     search.set_defaults(func=_cmd_search)
+
+    bench = commands.add_parser(
+        "bench", help="latency and throughput of the runtime against the original torch eager fp32 pipeline"
+    )
+    bench.add_argument("bundle", help="bundle directory (nothing is written into it)")
+    bench.add_argument("--backends", default="onnxruntime", help="comma-separated: onnxruntime,torch,tensorrt")
+    bench.add_argument("--precisions", default="fp32", help="comma-separated: fp32,fp16")
+    bench.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default 1,8,32; quick: 1,8)")
+    bench.add_argument(
+        "--text-batch-sizes", default=None, help="batch sizes of the text workloads (default: --batch-sizes)"
+    )
+    bench.add_argument(
+        "--threads", type=int, default=None, help="torch threads = ONNX Runtime intra-op threads (default: all cores)"
+    )
+    bench.add_argument("--out", default=None, help="directory for bench.json and bench.png")
+    bench.add_argument("--quick", action="store_true", help="few repeats, batch sizes 1 and 8, 8 JPEGs end to end")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,101 @@
+"""``ruclip-tiny bench``: the report holds every configured row with consistent statistics, the text workloads feed
+the runtime different sequence lengths, nothing is written into the bundle, and bad options are refused clearly.
+No assertion here is about speed: timings on a shared CI machine prove nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from ruclip_tiny import spec
+from ruclip_tiny.cli import main
+from runtime.bench import WORKLOADS, BenchError, parse_batch_sizes
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def quick_report(exported_bundle, tmp_path_factory):
+    """``ruclip-tiny bench BUNDLE --quick --threads 2 --out DIR`` run once; (report, out dir, bundle tree before)."""
+    out = tmp_path_factory.mktemp("bench")
+    before = _tree(exported_bundle)
+    assert main(["bench", str(exported_bundle), "--quick", "--threads", "2", "--out", str(out)]) == 0
+    return json.loads((out / "bench.json").read_text(encoding="utf-8")), out, before
+
+
+def test_quick_bench_has_every_configured_row_with_ordered_percentiles(quick_report):
+    report, _, _ = quick_report
+    runtime_rows = [r for r in report["rows"] if r["pipeline"] == "runtime"]
+    got = {(r["workload"], r["backend"], r["precision"], r["batch_size"]) for r in runtime_rows}
+    assert got == {(w, "onnxruntime", "fp32", b) for w in WORKLOADS for b in (1, 8)}
+    assert len(runtime_rows) == len(got)
+    for row in report["rows"]:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"], row
+        assert row["throughput_per_s"] > 0 and row["repeats"] >= 1
+    assert report["end_to_end"] and all(r["images_per_s"] > 0 for r in report["end_to_end"])
+    assert report["machine"]["threads"] == 2 and report["machine"]["cpu_model"]
+    assert report["versions"]["onnxruntime"] and report["date"]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="no torch: the bench runs without a baseline")
+def test_every_runtime_figure_has_a_ratio_against_the_baseline(quick_report):
+    report, _, _ = quick_report
+    assert report["baseline"]["available"]
+    baseline = {(r["workload"], r["batch_size"]) for r in report["rows"] if r["pipeline"] == "baseline"}
+    assert baseline == {(w, b) for w in WORKLOADS for b in (1, 8)}
+    for row in report["rows"] + report["end_to_end"]:
+        assert row["ratio_vs_baseline"] is not None and row["ratio_vs_baseline"] > 0, row
+    for row in report["rows"]:
+        assert row["baseline_p50_ms"] > 0
+
+
+def test_text_workloads_feed_the_runtime_different_sequence_lengths(quick_report):
+    report, _, _ = quick_report
+    for row in report["rows"]:
+        if row["workload"] == "text-full" or row["pipeline"] == "baseline" and row["workload"].startswith("text"):
+            assert row["tokens_fed"] == spec.MAX_TEXT_LENGTH, row  # long texts, and the baseline always pads to 77
+        elif row["workload"] == "text-captions":
+            assert row["tokens_fed"] < spec.MAX_TEXT_LENGTH and row["mean_tokens"] <= row["tokens_fed"], row
+    full = [r["mean_tokens"] for r in report["rows"] if r["workload"] == "text-full"]
+    captions = [r["mean_tokens"] for r in report["rows"] if r["workload"] == "text-captions"]
+    assert min(full) == spec.MAX_TEXT_LENGTH and max(captions) < spec.MAX_TEXT_LENGTH
+
+
+def test_bench_writes_its_files_to_out_and_nothing_into_the_bundle(quick_report, exported_bundle):
+    _, out, before = quick_report
+    assert _tree(exported_bundle) == before
+    if HAS_MATPLOTLIB:
+        assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("text", ["0", "1,x", "-8", ""])
+def test_invalid_batch_sizes_are_refused_naming_the_option(text):
+    with pytest.raises(BenchError, match="--batch-sizes"):
+        parse_batch_sizes(text)
+
+
+def test_cli_refuses_invalid_batch_sizes_before_loading_anything(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "no-bundle"), "--batch-sizes", "8,zero"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-sizes" in err and "'zero' is not an integer" in err
+
+
+def test_cli_refuses_an_unknown_backend(tmp_path, capsys):
+    assert main(["bench", str(tmp_path), "--backends", "onnxruntime,tflite"]) == 2
+    assert "tflite" in capsys.readouterr().err
+
+
+def test_table_says_no_baseline_when_there_is_none():
+    from runtime.bench import format_table
+
+    row = {"workload": "image", "pipeline": "runtime", "backend": "onnxruntime", "precision": "fp32",
+           "batch_size": 1, "p50_ms": 2.0, "p90_ms": 3.0, "p99_ms": 4.0, "throughput_per_s": 500.0,
+           "ratio_vs_baseline": None}
+    assert "no baseline" in format_table({"rows": [row], "end_to_end": []}).splitlines()[1]
