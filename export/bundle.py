@@ -22,6 +22,7 @@ from ruclip_tiny.progress import StageTimer
 from runtime.bundle import (
     MANIFEST,
     PRECISIONS,
+    PROBE_INPUTS,
     REFERENCE_WEIGHTS,
     SCHEMA_VERSION,
     TOKENIZER_DIR,
@@ -65,16 +66,6 @@ def _replace_directory(staging: Path, out: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, out)
-
-
-def _load_model(checkpoint: str | None, seed: int):
-    if checkpoint:
-        from ruclip_tiny.checkpoint import load_checkpoint
-
-        return load_checkpoint(checkpoint)
-    from ruclip_tiny.synthetic import synthetic_model
-
-    return synthetic_model(seed=seed)
 
 
 def _checkpoint_entry(model, checkpoint: str | None) -> dict:
@@ -172,10 +163,11 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
     from export.fp16 import fp16_model
     from export.onnx import export_encoder, graph_io
     from export.probe import write_probe
+    from ruclip_tiny.synthetic import load_model
     from ruclip_tiny.tokenizer import load_tokenizer
 
     with timer.stage("loading the reference model and tokenizer"):
-        model = _load_model(checkpoint, seed)
+        model = load_model(checkpoint, seed)
         tokenizer = load_tokenizer(tokenizer_source)
     if model.checkpoint_info.synthetic:
         print(f"  SYNTHETIC weights (seed {seed}): this bundle proves the toolchain, its embeddings mean nothing")
@@ -205,7 +197,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
     with timer.stage("scanning activations against the FP16 range"):
         import numpy as np
 
-        with np.load(root / "probe" / "inputs.npz", allow_pickle=False) as inputs:
+        with np.load(root / PROBE_INPUTS, allow_pickle=False) as inputs:
             activations = activation_report(model, tokenizer, inputs["pixels"], inputs["input_ids"], inputs["attention_mask"])
         atomic_write_json(root / "reports" / "activations.json", activations)
     print(format_activation_report(activations))

@@ -24,14 +24,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("ruclip-tiny demo: zero-shot scores of the reference model")
     timer = StageTimer()
     with timer.stage("loading the model"):
-        if args.checkpoint:
-            from .checkpoint import load_checkpoint
+        from .synthetic import load_model
 
-            model = load_checkpoint(args.checkpoint)
-        else:
-            from .synthetic import synthetic_model
-
-            model = synthetic_model(seed=args.seed)
+        model = load_model(args.checkpoint, seed=args.seed)
     with timer.stage("loading the tokenizer"):
         from .tokenizer import load_tokenizer
 

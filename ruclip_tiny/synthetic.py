@@ -81,3 +81,12 @@ def synthetic_model(seed: int = 0):
 
     model = RuCLIPTiny()
     return attach_state_dict(model, _synthetic_state(model, seed), CheckpointInfo(synthetic=True, seed=seed))
+
+
+def load_model(checkpoint: str | None = None, seed: int = 0):
+    """The published model from ``checkpoint`` or, when it is None, the synthetic default with ``seed``."""
+    if checkpoint:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(checkpoint)
+    return synthetic_model(seed=seed)

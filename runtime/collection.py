@@ -102,8 +102,9 @@ class Collection:
         """The ``top`` items most similar (cosine) to ``query`` float32 [D], best first: [(id, cosine)]."""
         if len(self.ids) == 0:
             return []
-        rows = self.embeddings / np.linalg.norm(self.embeddings, axis=1, keepdims=True)
-        scores = rows @ (query / np.linalg.norm(query))
+        from runtime.embedder import l2_normalize
+
+        scores = l2_normalize(self.embeddings) @ l2_normalize(query[None])[0]
         order = np.argsort(-scores, kind="stable")[:top]
         return [(self.ids[i], float(scores[i])) for i in order]
 
