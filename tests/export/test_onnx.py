@@ -95,3 +95,33 @@ def test_graph_check_rejects_a_graph_whose_io_differs_from_the_spec(exported_bun
     check_graph(exported_bundle / "visual.onnx", "visual")
     with pytest.raises(GraphCheckError, match="spec says"):
         check_graph(path, "visual")
+
+
+@pytest.mark.parametrize(("encoder", "blocks"), [("visual", 18), ("textual", 3)])
+def test_onnxruntime_fuses_every_gelu_of_the_exported_graphs(exported_bundle, tmp_path, encoder, blocks):
+    """The exported GELU order is one ONNX Runtime's fusion matches: after its optimisation no Erf is left and
+    every MLP runs one BiasGelu kernel (the exporter's own order left five element-wise kernels per MLP)."""
+    optimized = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(exported_bundle / f"{encoder}.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(optimized, load_external_data=False).graph.node]
+    assert "Erf" not in ops
+    assert ops.count("BiasGelu") == blocks
+
+
+def test_fusable_gelu_is_the_same_function_and_is_undone(reference_model):
+    import torch
+
+    from export.onnx import fusable_gelu
+
+    mlp = reference_model.visual.stages[0].blocks[0].mlp
+    x = torch.linspace(-8, 8, 4001)
+    exact = mlp.act(x)
+    with fusable_gelu(reference_model) as count:
+        assert count == 21  # 18 ConvNeXt MLPs + 3 DistilBERT FFNs
+        assert type(mlp.act).__name__ == "ErfGelu"
+        rewritten = mlp.act(x)
+    assert type(mlp.act).__name__ == "GELU"
+    assert torch.allclose(rewritten, exact, atol=1e-6, rtol=0)
