@@ -243,7 +243,7 @@ class Embedder:
         trim_padding: feed the text encoder only as many token columns as the longest text of a chunk needs
         (the encoder masks padding, so the features are the same; short texts run ~20x faster than at 77).
         backend_options: for the chosen backend — onnxruntime: providers, intra_op_threads, inter_op_threads,
-        graph_optimization_level, execution_mode; torch: device, threads.
+        graph_optimization_level, execution_mode, fused_attention; torch: device, threads.
         Raises BundleError (not a bundle, artifact changed, not deployable) or BackendError (cannot run it here).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -379,21 +379,32 @@ class Embedder:
     def encode_texts_detailed(
         self, texts: Sequence[str], normalize: bool = True, batch_size: int | None = None
     ) -> TextEmbeddings:
-        """``encode_texts`` returning the truncated indices with the embeddings, without warning."""
+        """``encode_texts`` returning the truncated indices with the embeddings, without warning.
+
+        With ``trim_padding`` and more texts than one chunk, the texts are bucketed by length: chunks are cut from
+        the texts sorted by token count, so each runs only as wide as its own longest text, and the rows are put
+        back in input order (row i is always text i).
+        """
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings; for one text pass [text]")
         texts = list(texts)
+        if not texts:
+            return TextEmbeddings(np.zeros((0, self.dim), np.float32), [])
         size = self._chunk_size(batch_size)
-        rows, truncated = [], []
-        tokenizer = self.tokenizer if texts else None
+        encoded = self.tokenizer.encode(texts)
+        order = np.arange(len(texts))
+        if self.trim_padding and len(texts) > size:
+            order = np.argsort(encoded.lengths, kind="stable")
+        embeddings = np.empty((len(texts), self.dim), np.float32)
         for start in range(0, len(texts), size):
-            chunk = texts[start : start + size]
-            encoded = tokenizer.encode(chunk)
-            truncated += [start + index for index in encoded.truncated]
-            tokens = encoded.trimmed() if self.trim_padding else (encoded.input_ids, encoded.attention_mask)
-            rows.append(self._run(self.backend.encode_tokens, len(chunk), *tokens))
-        embeddings = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
-        return TextEmbeddings(l2_normalize(embeddings) if normalize else embeddings, sorted(truncated))
+            rows = order[start : start + size]
+            ids, mask = encoded.input_ids[rows], encoded.attention_mask[rows]
+            if self.trim_padding:
+                width = int(encoded.lengths[rows].max())
+                ids, mask = ids[:, :width], mask[:, :width]
+            embeddings[rows] = self._run(self.backend.encode_tokens, len(rows), ids, mask)
+        embeddings = l2_normalize(embeddings) if normalize else embeddings
+        return TextEmbeddings(embeddings, list(encoded.truncated))
 
     # --- both ---
 

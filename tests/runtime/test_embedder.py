@@ -221,3 +221,25 @@ def test_empty_inputs_give_empty_outputs(embedder):
     assert embedder.encode_texts([]).shape == (0, 768)
     with pytest.raises(TypeError, match=r"\[text\]"):
         embedder.encode_texts("кошка")
+
+
+def test_texts_are_bucketed_by_length_and_come_back_in_input_order(embedder, monkeypatch):
+    """Above one chunk, chunks are cut from the texts sorted by length, so short texts run narrow; row i still
+    belongs to text i, equal to that text embedded alone."""
+    rng = np.random.default_rng(1)
+    words = ["кошка", "спит", "на", "диване", "рядом", "с", "собакой", "и", "чашкой", "кофе"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for _ in range(13)]
+    alone = np.concatenate([embedder.encode_texts([text]) for text in texts])
+    widths = []
+    real = embedder.backend.encode_tokens
+
+    def recording(input_ids, attention_mask):
+        widths.append(input_ids.shape[1])
+        return real(input_ids, attention_mask)
+
+    monkeypatch.setattr(embedder.backend, "encode_tokens", recording)
+    bucketed = embedder.encode_texts(texts, batch_size=4)
+    np.testing.assert_allclose(bucketed, alone, atol=1e-5)
+    lengths = sorted(int(n) for n in embedder.tokenizer.encode(texts).lengths)
+    assert widths == [max(lengths[i : i + 4]) for i in range(0, len(texts), 4)]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
