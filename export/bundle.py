@@ -28,6 +28,7 @@ from runtime.bundle import (
     TOKENIZER_DIR,
     artifact_key,
     describe_file,
+    fused_key,
     onnx_file,
 )
 
@@ -41,8 +42,10 @@ class ExportError(RuclipTinyError):
 
 
 def _tool_versions() -> dict:
-    versions = {"python": platform.python_version(), "ruclip-tiny": metadata.version("ruclip-tiny")}
-    for name in TOOLS:
+    """Installed versions of the tools an export depends on; None for one that is not installed (ruclip-tiny
+    itself run from a source tree without ``pip install`` included)."""
+    versions = {"python": platform.python_version()}
+    for name in ("ruclip-tiny", *TOOLS):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -129,6 +132,28 @@ def _tokenizer_entry(tokenizer, files: list[dict]) -> dict:
     }
 
 
+def _fused_textual(model, root: Path, timer: StageTimer) -> dict:
+    """``textual.fused.onnx`` (ONNX Runtime's fused transformer kernels), or nothing when the fusion falls short:
+    it is an optional speed-up, never a reason to fail an export."""
+    from export.onnx import graph_io
+    from export.onnxruntime_fusion import FUSED_FILE, FusionError, export_fused_textual
+
+    with timer.stage(f"exporting {FUSED_FILE}"):
+        try:
+            facts = export_fused_textual(model, root / FUSED_FILE)
+        except FusionError as exc:
+            print(f"  {FUSED_FILE} skipped: {exc}")
+            return {}
+    encoder = spec.TEXTUAL.name
+    return {
+        fused_key(encoder, "fp32"): describe_file(
+            root, FUSED_FILE, encoder=encoder, precision="fp32", format="onnx", runtime="onnxruntime",
+            fused_variant_of=artifact_key(encoder, "fp32"), mask=facts["mask"], deployable=False,
+            **graph_io(encoder), export=facts,
+        )
+    }
+
+
 def export_bundle(
     out: str | Path,
     checkpoint: str | None = None,
@@ -191,6 +216,8 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
                 root, name, encoder=encoder, precision=precision, format="onnx", deployable=False,
                 **graph_io(encoder), export=facts,
             )
+
+    artifacts.update(_fused_textual(model, root, timer))
 
     with timer.stage("writing the probe set and reference outputs"):
         probe = write_probe(model, tokenizer, root)

@@ -41,6 +41,11 @@ def artifact_key(encoder: str, precision: str) -> str:
     return f"{encoder}.{precision}"
 
 
+def fused_key(encoder: str, precision: str) -> str:
+    """Manifest key of an encoder graph with ONNX Runtime's fused kernels, e.g. ``textual.fp32.fused``."""
+    return f"{artifact_key(encoder, precision)}.fused"
+
+
 def onnx_file(encoder: str, precision: str) -> str:
     """File name of an encoder graph: ``visual.onnx`` (fp32) or ``visual.fp16.onnx``."""
     return f"{encoder}.onnx" if precision == "fp32" else f"{encoder}.{precision}.onnx"

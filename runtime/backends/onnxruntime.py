@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ruclip_tiny import spec
-from runtime.bundle import artifact_key
+from ruclip_tiny.errors import RuclipTinyError
+from runtime.bundle import artifact_key, fused_key
 
 from . import Backend, BackendError
 
@@ -175,7 +176,25 @@ def _device_of(providers: Sequence[Provider]) -> str:
 
 
 # The keyword arguments ``from_bundle`` takes besides the precision (checked before anything loads).
-OPTIONS = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode")
+OPTIONS = (
+    "providers",
+    "intra_op_threads",
+    "inter_op_threads",
+    "graph_optimization_level",
+    "execution_mode",
+    "fused_attention",
+)
+FUSED_ATTENTION_CHOICES = ("auto", True, False)
+
+
+def right_padded(attention_mask: np.ndarray) -> bool:
+    """Whether every row of ``attention_mask`` (int [B, L]) is 1…1 0…0 with at least one 1 — the only masks
+    ONNX Runtime's fused Attention computes correctly (it reads a row as its count of ones)."""
+    mask = np.asarray(attention_mask)
+    if mask.ndim != 2 or mask.shape[1] == 0:
+        return False
+    binary = np.isin(mask, (0, 1)).all()
+    return bool(binary and (mask[:, 0] == 1).all() and (mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def plan_device(options: dict) -> tuple[str, dict]:
@@ -208,11 +227,21 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     max_batch = None
 
-    def __init__(self, visual: OnnxRuntimeEncoder, textual: OnnxRuntimeEncoder, precision: str):
+    def __init__(
+        self,
+        visual: OnnxRuntimeEncoder,
+        textual: OnnxRuntimeEncoder,
+        precision: str,
+        textual_fused: OnnxRuntimeEncoder | None = None,
+    ):
         self.visual = visual
         self.textual = textual
+        # textual.fused.onnx: exact for right-padded masks only; encode_tokens sends every other mask to textual
+        self.textual_fused = textual_fused
         self.precision = precision
         self.device = _device_of(visual.providers)
+        self.fused_calls = 0
+        self.unfused_calls = 0
 
     @classmethod
     def from_bundle(
@@ -224,8 +253,16 @@ class OnnxRuntimeBackend(Backend):
         inter_op_threads: int | None = None,
         graph_optimization_level: str = "all",
         execution_mode: str = "sequential",
+        fused_attention: str | bool = "auto",
     ) -> "OnnxRuntimeBackend":
-        """Open ``visual[.fp16].onnx`` and ``textual[.fp16].onnx`` of ``bundle`` (a ``runtime.bundle.Bundle``)."""
+        """Open ``visual[.fp16].onnx`` and ``textual[.fp16].onnx`` of ``bundle`` (a ``runtime.bundle.Bundle``).
+
+        fused_attention: also open the text encoder with ONNX Runtime's fused kernels (``textual.fused.onnx``,
+        1.0-1.3x faster on a CPU) for right-padded masks — ``auto``: when the bundle has it for this precision,
+        marked deployable, on the CPU provider (the kernels it was fused for); True: required; False: never.
+        """
+        if fused_attention not in FUSED_ATTENTION_CHOICES:
+            raise BackendError(f"fused_attention must be 'auto', True or False, not {fused_attention!r}")
         providers = resolve_providers(providers)
         settings = {
             "providers": providers,
@@ -237,7 +274,8 @@ class OnnxRuntimeBackend(Backend):
         visual_key, textual_key = artifact_keys(precision)
         visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key)["path"]), **settings)
         textual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(textual_key)["path"]), **settings)
-        backend = cls(visual, textual, precision)
+        fused = _fused_textual(bundle, precision, fused_attention, providers, settings)
+        backend = cls(visual, textual, precision, fused)
         requested = provider_name(providers[0])
         if backend.providers[0] != requested:
             logger.warning(
@@ -252,7 +290,8 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         where = self.providers[0] if self.visual is not None else "(closed)"
-        return f"onnxruntime {ort.__version__} {self.precision} on {where}"
+        fused = ", fused attention for right-padded text" if self.textual_fused is not None else ""
+        return f"onnxruntime {ort.__version__} {self.precision} on {where}{fused}"
 
     def _encoder(self, encoder: OnnxRuntimeEncoder | None) -> OnnxRuntimeEncoder:
         if encoder is None:
@@ -267,12 +306,44 @@ class OnnxRuntimeBackend(Backend):
 
     def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         names = [tensor.name for tensor in spec.TEXTUAL.inputs]
-        feeds = dict(zip(names, (np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64))))
+        mask = np.asarray(attention_mask, np.int64)
+        feeds = dict(zip(names, (np.asarray(input_ids, np.int64), mask)))
+        # The guard: the fused Attention reads a mask row as a length, so only right-padded masks may reach it.
+        if self.textual_fused is not None and right_padded(mask):
+            self.fused_calls += 1
+            return self.textual_fused.run(feeds)
+        self.unfused_calls += 1
         return self._encoder(self.textual).run(feeds)
 
     def close(self) -> None:
         # ONNX Runtime frees a session (and its device memory) when the last reference goes.
-        self.visual = self.textual = None
+        self.visual = self.textual = self.textual_fused = None
+
+
+def _fused_textual(bundle, precision: str, fused_attention, providers, settings: dict) -> OnnxRuntimeEncoder | None:
+    """The session of the bundle's fused text graph when ``fused_attention`` asks for it and it may be used."""
+    if fused_attention is False:
+        return None
+    key = fused_key(spec.TEXTUAL.name, precision)
+    entry = bundle.artifacts.get(key)
+    problem = None
+    if entry is None:
+        problem = f"{bundle.root} has no {key} artifact (re-export the bundle with this version)"
+    elif entry.get("deployable") is not True:
+        problem = f"{key} is not marked deployable in {bundle.root}'s manifest (run ruclip-tiny parity)"
+    elif provider_name(providers[0]) != "CPUExecutionProvider":
+        problem = f"{key} was fused for the CPU provider, not {provider_name(providers[0])}"
+    if problem is None:
+        try:
+            bundle.verify([key])
+        except RuclipTinyError as exc:
+            problem = str(exc)
+    if problem is not None:
+        if fused_attention is True:
+            raise BackendError(f"fused_attention=True but {problem}")
+        logger.debug("fused attention not used: %s", problem)
+        return None
+    return OnnxRuntimeEncoder(bundle.path(entry["path"]), **settings)
 
 
 def from_bundle(bundle, precision: str = "fp32", **options) -> OnnxRuntimeBackend:
