@@ -150,9 +150,10 @@ def register_source_tree_metadata(out: Path) -> None:
         return
     except importlib.metadata.PackageNotFoundError:
         pass
-    import tomllib
+    import re
 
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11+; the project runs on 3.10
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
     site = out / ".source-tree-metadata"
     info = site / f"ruclip_tiny-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
