@@ -75,7 +75,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_parity(args: argparse.Namespace) -> int:
     from runtime.parity import parity_command
 
-    return parity_command(args.bundle, precision=args.precision)
+    return parity_command(
+        args.bundle, precision=args.precision, providers=args.providers, backend=args.backend, device=args.device
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -202,9 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights (default 0)")
     export.set_defaults(func=_cmd_export)
 
-    parity = commands.add_parser("parity", help="compare a bundle's graphs with its stored reference outputs (no torch)")
+    parity = commands.add_parser(
+        "parity", help="compare a backend's outputs with the bundle's stored reference outputs (onnxruntime: no torch)"
+    )
     parity.add_argument("bundle", help="bundle directory")
     parity.add_argument("--precision", choices=["fp32", "fp16", "all"], default="all")
+    parity.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "torch", "tensorrt", "auto"],
+        help="what runs the probe (default onnxruntime: the bundle's ONNX graphs)",
+    )
+    parity.add_argument("--providers", help="onnxruntime providers, comma-separated (cpu, cuda, tensorrt)")
+    parity.add_argument("--device", help="torch backend device: cpu, cuda or cuda:N (default: cuda when available)")
     parity.set_defaults(func=_cmd_parity)
 
     embed = commands.add_parser("embed", help="embed a folder of images or a text file into an .npz/.parquet collection")

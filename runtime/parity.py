@@ -1,16 +1,19 @@
-"""Parity of a bundle's graphs against the reference outputs stored in its probe: metrics, thresholds, verdicts.
+"""Parity of a bundle's artifacts against the reference outputs stored in its probe: metrics, thresholds, verdicts.
 
 Torch-free: ``ruclip-tiny parity BUNDLE`` runs on a GPU box with numpy and onnxruntime only (matplotlib, when
 installed, draws ``parity/errors.png``). It writes ``parity/report.json`` and records each artifact's result in
-the manifest, marking it deployable only when it passed.
+the manifest, marking it deployable only when it passed. ``--backend torch|tensorrt|auto`` runs the same probe
+through any runtime backend instead (``parity/report.<backend>.json``): a backend that runs manifest artifacts
+(TensorRT engines) gets those marked; the torch backend's rows (``torch:visual.fp32``) are recorded only.
 
 Every artifact is judged on its own: a visual graph by its image features against the reference and by the
 image–text similarities it gives with the REFERENCE text features (a textual graph symmetrically), so a bad
 textual graph never gets the visual one marked not deployable. A ``combined.<precision>`` row then judges the
 two graphs of a precision together, as a deployment uses them.
 
-``parity/report.json``: schema_version, bundle, date (ISO 8601, UTC), backend ("onnxruntime"),
-onnxruntime_version, providers (as requested, with options), precisions, probe {images, texts},
+``parity/report.json``: schema_version, bundle, date (ISO 8601, UTC), backend ("onnxruntime" or another),
+onnxruntime_version, providers (as requested, with options), backend_options, precisions (those run), skipped
+{precision: why the backend cannot run it here}, probe {images, texts},
 thresholds {precision: Thresholds fields}, passed (every entry passed), written {report, manifest, plot,
 plot_skipped}, results {key: entry} for keys ``visual.fp32``, ``textual.fp32``, ``combined.fp32``, … .
 
@@ -30,8 +33,9 @@ from __future__ import annotations
 
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +44,8 @@ import onnxruntime as ort
 
 from ruclip_tiny import spec
 from ruclip_tiny.fileio import atomic_path, atomic_write_json
-from runtime.backends import BackendError
-from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_name
+from runtime.backends import Backend, BackendError, plan_backend
+from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_name, resolve_providers
 from runtime.bundle import (
     PARITY_DIR,
     PRECISIONS,
@@ -346,16 +350,14 @@ def load_probe(bundle: Bundle) -> Probe:
 
 
 def parity_providers(providers: Sequence[Provider] | None = None) -> list[Provider]:
-    """The ONNX Runtime providers for a parity run: ``providers``, or CUDA (when this build has it) then CPU.
+    """The ONNX Runtime providers for a parity run: ``providers`` (names, aliases such as ``cpu``/``cuda``, or
+    (name, options) pairs), or CUDA (when this build has it) then CPU.
 
     A plain ``CUDAExecutionProvider`` gets ``use_tf32=0``: ONNX Runtime turns TF32 on by default, and TF32
     matmuls (a 10-bit mantissa) would fail an FP32 graph for a reason that is not in the graph. Pass
     ``("CUDAExecutionProvider", {"use_tf32": "1"})`` to measure TF32 on purpose.
     """
-    if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return [("CUDAExecutionProvider", {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
+    return resolve_providers(providers)
 
 
 def _describe_providers(providers: Sequence[Provider]) -> list:
@@ -366,36 +368,109 @@ def _failed(entry: dict, reason: str) -> dict:
     return {**entry, "passed": False, "error": reason, "failures": [reason]}
 
 
-def _check_artifact(
-    bundle: Bundle,
-    encoder_spec: spec.EncoderSpec,
-    precision: str,
-    probe: Probe,
-    providers: list[Provider],
-    batch_size: int,
-    common: dict,
-) -> tuple[dict, np.ndarray | None]:
-    """Run one graph on the probe and judge it. Returns its report entry and its features (None if it did not run)."""
-    key = artifact_key(encoder_spec.name, precision)
+@dataclass
+class EncoderRun:
+    """One encoder as parity runs it. key: the result key (the manifest artifact key when the backend runs a
+    manifest artifact, e.g. ``visual.fp16``; else ``<backend>:<encoder>.<precision>``, e.g. ``torch:visual.fp32``);
+    run: feeds -> features float32 [N, 768], or None when it cannot run (``error`` says why); fields: what the entry
+    records about it (file, sha256, provider or device, backend description)."""
+
+    key: str
+    encoder: spec.EncoderSpec
+    run: Callable[[dict[str, np.ndarray]], np.ndarray] | None
+    fields: dict
+    error: str | None = None
+
+
+def result_key(backend: str, encoder: str, precision: str) -> str:
+    """``visual.fp32`` for the bundle's ONNX graphs in ONNX Runtime; ``torch:visual.fp32`` for other backends."""
+    key = artifact_key(encoder, precision)
+    return key if backend == BACKEND else f"{backend}:{key}"
+
+
+def _onnxruntime_runs(
+    bundle: Bundle, precision: str, providers: list[Provider], batch_size: int
+) -> list[EncoderRun]:
+    """Each graph in its own session, so that a missing or broken graph fails alone."""
+    runs = []
+    for encoder_spec in (spec.VISUAL, spec.TEXTUAL):
+        key = artifact_key(encoder_spec.name, precision)
+        fields: dict = {}
+        try:
+            manifest_entry = bundle.artifact(key)
+            fields.update(file=manifest_entry["path"], sha256=manifest_entry.get("sha256"))
+            bundle.verify([key])
+            encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers)
+        except (BundleError, BackendError) as exc:
+            runs.append(EncoderRun(key, encoder_spec, None, fields, str(exc)))
+            continue
+        fields["provider"] = encoder.providers[0]
+        runs.append(EncoderRun(key, encoder_spec, partial(encoder.run_batched, batch_size=batch_size), fields))
+    return runs
+
+
+def _batched(encode: Callable[..., np.ndarray], names: list[str], batch_size: int):
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        total = len(feeds[names[0]])
+        chunks = [encode(*(feeds[n][start : start + batch_size] for n in names)) for start in range(0, total, batch_size)]
+        return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks], axis=0)
+
+    return run
+
+
+def _backend_runs(
+    bundle: Bundle, backend: str, precision: str, options: dict, batch_size: int
+) -> tuple[list[EncoderRun], Backend | None]:
+    """Both encoders of one backend opened through ``plan_backend`` (its artifacts verified first)."""
+    try:
+        plan = plan_backend(bundle, backend, precision, **options)
+        bundle.verify(plan.artifacts)
+        opened = plan.open(bundle)
+    except (BundleError, BackendError) as exc:
+        name = backend if backend != "auto" else "auto"
+        return [
+            EncoderRun(result_key(name, e.name, precision), e, None, {"backend": name}, str(exc))
+            for e in (spec.VISUAL, spec.TEXTUAL)
+        ], None
+    runs = []
+    encoders = {
+        spec.VISUAL.name: (opened.encode_pixels, [t.name for t in spec.VISUAL.inputs]),
+        spec.TEXTUAL.name: (opened.encode_tokens, [t.name for t in spec.TEXTUAL.inputs]),
+    }
+    for encoder_spec in (spec.VISUAL, spec.TEXTUAL):
+        manifest_key = opened.artifact_key(encoder_spec.name)
+        key = manifest_key or result_key(opened.name, encoder_spec.name, precision)
+        fields = {"backend": opened.name, "backend_description": opened.describe(), "device": opened.device}
+        if manifest_key in bundle.artifacts:
+            entry = bundle.artifacts[manifest_key]
+            fields.update(file=entry.get("path"), sha256=entry.get("sha256"))
+        encode, names = encoders[encoder_spec.name]
+        runs.append(EncoderRun(key, encoder_spec, _batched(encode, names, batch_size), fields))
+    return runs, opened
+
+
+def _check_encoder(run: EncoderRun, precision: str, probe: Probe, common: dict) -> tuple[dict, np.ndarray | None]:
+    """Run one encoder on the probe and judge it. Returns its report entry and its features (None if it did not
+    run)."""
+    encoder_spec = run.encoder
     thresholds = thresholds_for(precision)
     entry = {
         "kind": "artifact",
-        "artifact": key,
+        "artifact": run.key,
         "encoder": encoder_spec.name,
         "precision": precision,
         **common,
+        **run.fields,
         "thresholds": thresholds.to_dict(),
     }
+    if run.run is None:
+        return _failed(entry, run.error or "could not be run"), None
     try:
-        manifest_entry = bundle.artifact(key)
-        entry.update(file=manifest_entry["path"], sha256=manifest_entry.get("sha256"))
-        bundle.verify([key])
-        encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers)
-        entry["provider"] = encoder.providers[0]
-        features = encoder.run_batched({t.name: probe.inputs[t.name] for t in encoder_spec.inputs}, batch_size)
+        features = run.run({t.name: probe.inputs[t.name] for t in encoder_spec.inputs})
     except (BundleError, BackendError) as exc:
         return _failed(entry, str(exc)), None
 
+    key = run.key
     visual = encoder_spec.name == spec.VISUAL.name
     reference_image = probe.reference[spec.VISUAL.outputs[0].name]
     reference_text = probe.reference[spec.TEXTUAL.outputs[0].name]
@@ -404,7 +479,7 @@ def _check_artifact(
         return _failed(
             entry, f"{key} gives features of shape {list(features.shape)}; the reference has {list(reference.shape)}"
         ), None
-    # The other modality is the reference's, so this graph alone decides its verdict.
+    # The other modality is the reference's, so this encoder alone decides its verdict.
     image, text = (features, reference_text) if visual else (reference_image, features)
     metrics = {
         **feature_metrics(features, reference),
@@ -415,19 +490,19 @@ def _check_artifact(
 
 
 def _check_combined(
-    precision: str, parts: dict[str, dict], features: dict[str, np.ndarray], probe: Probe, common: dict
+    key: str, precision: str, parts: dict[str, dict], features: dict[str, np.ndarray], probe: Probe, common: dict
 ) -> dict:
-    """Judge the visual and textual graphs of one precision together: both must pass, and so must the
-    similarities and top-1 they give between them."""
+    """Judge the visual and textual encoders of one precision together (``parts``: their entries, visual first):
+    both must pass, and so must the similarities and top-1 they give between them."""
     thresholds = thresholds_for(precision)
-    visual_key, textual_key = (artifact_key(e.name, precision) for e in (spec.VISUAL, spec.TEXTUAL))
+    visual_key, textual_key = parts
     entry = {
         "kind": "combined",
-        "artifact": f"combined.{precision}",
+        "artifact": key,
         "artifacts": [visual_key, textual_key],
         "precision": precision,
         **common,
-        "provider": parts[visual_key].get("provider"),
+        **{name: parts[visual_key][name] for name in ("provider", "backend", "device") if name in parts[visual_key]},
         "thresholds": thresholds.to_dict(),
     }
     if visual_key not in features or textual_key not in features:
@@ -468,25 +543,40 @@ def run_parity(
     providers: Sequence[Provider] | None = None,
     write: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    backend: str = BACKEND,
+    backend_options: dict | None = None,
+    skip_unavailable: bool = False,
 ) -> dict:
-    """Run every ``{visual,textual}.{precision}`` graph of a bundle on its probe and judge it against the reference.
+    """Run both encoders of ``backend`` at each precision on the bundle's probe and judge them against the
+    reference.
 
-    A graph that is missing, does not match its manifest sha256, or cannot be run is a failed entry (with the
+    backend: "onnxruntime" (default: each ``{visual,textual}.{precision}`` graph in its own session, on
+    ``providers``), or "torch", "tensorrt", "auto" — opened through ``runtime.backends.plan_backend`` with
+    ``backend_options`` (e.g. ``{"device": "cuda"}`` for torch), after the artifacts it reads are verified.
+    Result keys: the manifest artifact key when the backend runs one (``visual.fp16``, a TensorRT engine's key),
+    else ``<backend>:<encoder>.<precision>``; the pair's row is ``combined.<precision>`` (``<backend>:combined...``).
+    skip_unavailable: a precision the backend refuses on this machine (torch fp16 on a CPU) is left out and listed
+    in ``report["skipped"]`` instead of failing.
+
+    An encoder that is missing, does not match its manifest sha256, or cannot be run is a failed entry (with the
     reason), not an exception. Raises BundleError when the directory is not a usable bundle or has no readable
-    probe. With ``write``: ``parity/report.json``, ``parity/errors.png`` (when matplotlib imports), and the
-    manifest's ``parity`` section and ``deployable`` flags, all written atomically.
+    probe. With ``write``: the report (``parity/report.json``; ``parity/report.<backend>.json`` for other
+    backends), its error plot, and the manifest's ``parity`` section and ``deployable`` flags (for results keyed by
+    a manifest artifact), all written atomically.
 
     Returns the report described in the module docstring (``written`` is None unless ``write``); metric values
     stay Python floats there, NaN included.
     """
     for precision in precisions:
         thresholds_for(precision)
+    if backend != BACKEND and providers is not None:
+        raise BackendError(f"providers are ONNX Runtime's; the {backend} backend takes backend_options")
     bundle = Bundle.load(bundle_root)
     probe = load_probe(bundle)
-    providers = parity_providers(providers)
+    providers = parity_providers(providers) if backend == BACKEND else []
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     common = {
-        "backend": BACKEND,
+        "backend": backend,
         "onnxruntime_version": ort.__version__,
         "provider": provider_name(providers[0]) if providers else None,
         "date": date,
@@ -495,33 +585,60 @@ def run_parity(
 
     results: dict[str, dict] = {}
     features: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
     for precision in precisions:
-        parts = {}
-        for encoder_spec in (spec.VISUAL, spec.TEXTUAL):
-            entry, output = _check_artifact(bundle, encoder_spec, precision, probe, providers, batch_size, common)
-            parts[entry["artifact"]] = results[entry["artifact"]] = entry
-            if output is not None:
-                features[entry["artifact"]] = output
-        combined = _check_combined(precision, parts, features, probe, common)
-        results[combined["artifact"]] = combined
+        if backend != BACKEND and skip_unavailable:
+            problem = _unavailable(bundle, backend, precision, backend_options or {})
+            if problem:
+                skipped[precision] = problem
+                continue
+        opened = None
+        if backend == BACKEND:
+            runs = _onnxruntime_runs(bundle, precision, providers, batch_size)
+        else:
+            runs, opened = _backend_runs(bundle, backend, precision, backend_options or {}, batch_size)
+        try:
+            parts = {}
+            for run in runs:
+                entry, output = _check_encoder(run, precision, probe, common)
+                parts[entry["artifact"]] = results[entry["artifact"]] = entry
+                if output is not None:
+                    features[entry["artifact"]] = output
+        finally:
+            if opened is not None:
+                opened.close()
+        name = runs[0].fields.get("backend", backend)
+        combined_key = f"combined.{precision}" if name == BACKEND else f"{name}:combined.{precision}"
+        results[combined_key] = _check_combined(combined_key, precision, parts, features, probe, common)
 
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "bundle": str(bundle.root),
         "date": date,
-        "backend": BACKEND,
+        "backend": backend,
         "onnxruntime_version": ort.__version__,
         "providers": _describe_providers(providers),
-        "precisions": list(precisions),
+        "backend_options": _json_safe(dict(backend_options or {})),
+        "precisions": [p for p in precisions if p not in skipped],
+        "skipped": skipped,
         "probe": {"images": probe.images, "texts": probe.texts},
         "thresholds": {precision: thresholds_for(precision).to_dict() for precision in precisions},
         "results": results,
-        "passed": all(entry["passed"] for entry in results.values()),
+        "passed": bool(results) and all(entry["passed"] for entry in results.values()),
         "written": None,
     }
     if write:
         report["written"] = _write_results(bundle.root, report, features, probe)
     return report
+
+
+def _unavailable(bundle: Bundle, backend: str, precision: str, options: dict) -> str | None:
+    """Why ``backend`` refuses ``precision`` on this machine before opening anything, or None."""
+    try:
+        plan_backend(bundle, backend, precision, **options)
+    except BackendError as exc:
+        return str(exc)
+    return None
 
 
 # --- writing: report, plot, manifest -----------------------------------------------------------------------------
@@ -548,24 +665,34 @@ def _write_results(root: Path, report: dict, features: dict[str, np.ndarray], pr
         ) from None
 
 
+def report_files(backend: str) -> tuple[str, str]:
+    """(report, plot) paths in a bundle: ``parity/report.json`` and ``parity/errors.png`` for the ONNX graphs in
+    ONNX Runtime, ``parity/report.<backend>.json`` and ``parity/errors.<backend>.png`` for other backends."""
+    if backend == BACKEND:
+        return REPORT_FILE, PLOT_FILE
+    return f"{PARITY_DIR}/report.{backend}.json", f"{PARITY_DIR}/errors.{backend}.png"
+
+
 def _write_files(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
-    written = {"report": REPORT_FILE, "manifest": "manifest.json", "plot": None, "plot_skipped": None}
+    report_file, plot_file = report_files(report["backend"])
+    written = {"report": report_file, "manifest": "manifest.json", "plot": None, "plot_skipped": None}
     try:
-        write_error_plot(root / PLOT_FILE, report, features, probe)
-        written["plot"] = PLOT_FILE
+        write_error_plot(root / plot_file, report, features, probe)
+        written["plot"] = plot_file
     except ImportError:
         written["plot_skipped"] = "matplotlib is not installed (pip install 'ruclip-tiny[plots]')"
     report["written"] = written
-    atomic_write_json(root / REPORT_FILE, _json_safe(report))
+    atomic_write_json(root / report_file, _json_safe(report))
 
     # Re-read the manifest just before rewriting it, so that what another command added meanwhile survives.
     bundle = Bundle.load(root)
     parity = bundle.manifest.setdefault("parity", {})
     for key, entry in report["results"].items():
         if entry["kind"] == "artifact":
-            if key not in bundle.artifacts:
-                continue  # nothing to mark: the failure is in the report
-            bundle.artifacts[key]["deployable"] = entry["passed"]
+            if key in bundle.artifacts:
+                bundle.artifacts[key]["deployable"] = entry["passed"]
+            elif key == artifact_key(entry["encoder"], entry["precision"]):
+                continue  # a graph the manifest lacks: nothing to mark, the failure is in the report
         parity[key] = _json_safe(entry)
     bundle.write_manifest()
     return written
@@ -679,25 +806,58 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parity_command(bundle: str, precision: str = "all", providers: Sequence[Provider] | str | None = None) -> int:
-    """``ruclip-tiny parity BUNDLE [--precision fp32|fp16|all]``: 0 all passed, 1 something failed, 2 not a bundle."""
+def parity_command(
+    bundle: str,
+    precision: str = "all",
+    providers: Sequence[Provider] | str | None = None,
+    backend: str = BACKEND,
+    device: str | None = None,
+) -> int:
+    """``ruclip-tiny parity BUNDLE [--precision fp32|fp16|all] [--backend B] [--providers P] [--device D]``:
+    0 all passed, 1 something failed, 2 not a bundle or nothing could be compared.
+
+    With ``all``, a precision that the backend refuses on this machine (torch fp16 on a CPU) is skipped with the
+    reason printed; asked for by name, it is a failure.
+    """
     if precision != "all" and precision not in THRESHOLDS:
         print(f"ruclip-tiny parity: error: --precision must be fp32, fp16 or all, not {precision!r}", file=sys.stderr)
         return 2
     precisions = PRECISIONS if precision == "all" else (precision,)
     if isinstance(providers, str):
         providers = [name.strip() for name in providers.split(",") if name.strip()]
+    if backend != BACKEND and providers:
+        print(f"ruclip-tiny parity: error: --providers is for --backend onnxruntime, not {backend}", file=sys.stderr)
+        return 2
+    if device is not None and backend != "torch":
+        print("ruclip-tiny parity: error: --device is for --backend torch (cpu, cuda, cuda:N)", file=sys.stderr)
+        return 2
+    options = {"device": device} if device is not None else {}
     try:
-        report = run_parity(bundle, precisions, providers=providers)
-    except BundleError as exc:
+        report = run_parity(
+            bundle,
+            precisions,
+            providers=providers or None,
+            backend=backend,
+            backend_options=options,
+            skip_unavailable=precision == "all",
+        )
+    except (BundleError, BackendError) as exc:
         print(f"ruclip-tiny parity: error: {exc}", file=sys.stderr)
         return 2
 
-    providers_used = sorted({entry["provider"] for entry in report["results"].values() if entry.get("provider")})
+    for skipped, reason in report["skipped"].items():
+        print(f"skipped {skipped}: {reason}")
+    if not report["results"]:
+        print(f"ruclip-tiny parity: error: the {backend} backend could run no precision here", file=sys.stderr)
+        return 2
+    where = sorted(
+        {entry.get("provider") or entry.get("backend_description") or entry.get("backend")
+         for entry in report["results"].values()} - {None}
+    )
+    engine = f"onnxruntime {report['onnxruntime_version']}" if backend == BACKEND else f"the {backend} backend"
     print(
         f"parity of {report['bundle']} against its probe reference ({report['probe']['images']} images, "
-        f"{report['probe']['texts']} texts), onnxruntime {report['onnxruntime_version']} "
-        f"on {', '.join(providers_used) or 'no provider'}"
+        f"{report['probe']['texts']} texts), {engine} on {', '.join(where) or 'nothing'}"
     )
     print(format_table(report))
     root = Path(report["bundle"])

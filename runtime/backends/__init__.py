@@ -53,6 +53,12 @@ class Backend(ABC):
     def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """input_ids, attention_mask: int64 [B, L], L <= 77 -> text_features float32 [B, 768]."""
 
+    def artifact_key(self, encoder: str) -> str | None:
+        """The manifest key of the artifact this backend runs for ``encoder`` ("visual" or "textual"), e.g.
+        ``visual.fp16``; None when it runs none of its own (the torch backend rebuilds the reference). Parity marks
+        that artifact deployable or not."""
+        return None
+
     def close(self) -> None:
         """Release sessions, engines and device memory; the backend is unusable afterwards."""
 

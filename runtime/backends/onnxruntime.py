@@ -259,6 +259,9 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("this onnxruntime backend was closed; load the embedder again")
         return encoder
 
+    def artifact_key(self, encoder: str) -> str:
+        return artifact_key(encoder, self.precision)
+
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._encoder(self.visual).run({spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)})
 

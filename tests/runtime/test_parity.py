@@ -3,8 +3,11 @@ a tiny fake bundle (onnx.helper graphs with the real I/O contract) — no torch 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 
@@ -341,3 +344,153 @@ def test_plot_is_written_with_matplotlib(bundle_dir):
     report = parity.run_parity(bundle_dir)
     assert report["written"]["plot"] == "parity/errors.png"
     assert (bundle_dir / "parity/errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- parity of any backend -----------------------------------------------------------------------------------------
+
+ENGINE_KEYS = {"visual": "engine/test_sm90/visual.fp16", "textual": "engine/test_sm90/textual.fp16"}
+
+
+def _fake_engine_module(noise: float = 0.0):
+    """A backend module in the shape ``plan_backend`` loads, that runs the fake bundle's fp16 graphs but reports
+    its own manifest artifacts (as the TensorRT backend reports its engines); ``noise`` perturbs the image
+    features."""
+    from types import SimpleNamespace
+
+    from runtime.backends import Backend
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    class EngineLike(Backend):
+        name, device, max_batch = "tensorrt", "cuda", None
+
+        def __init__(self, bundle, precision):
+            self.inner = OnnxRuntimeBackend.from_bundle(bundle, precision, providers=["cpu"])
+            self.precision = precision
+
+        def artifact_key(self, encoder):
+            return ENGINE_KEYS[encoder]
+
+        def encode_pixels(self, pixels):
+            features = self.inner.encode_pixels(pixels)
+            return features + noise * np.abs(features).max()
+
+        def encode_tokens(self, input_ids, attention_mask):
+            return self.inner.encode_tokens(input_ids, attention_mask)
+
+    return SimpleNamespace(
+        plan_device=lambda options: ("cuda", options),
+        check_precision=lambda precision, device: None,
+        artifact_keys=lambda precision: list(ENGINE_KEYS.values()),
+        from_bundle=lambda bundle, precision, **options: EngineLike(bundle, precision),
+    )
+
+
+@pytest.fixture
+def engine_bundle(bundle_dir, monkeypatch):
+    """The fake bundle with two 'engine' artifacts in its manifest, and the tensorrt backend slot taken by a fake
+    that reports them."""
+    import runtime.backends
+
+    manifest = _manifest(bundle_dir)
+    for encoder, key in ENGINE_KEYS.items():
+        path = bundle_dir / f"{key}.plan"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"{encoder} engine bytes".encode())
+        manifest["artifacts"][key] = {
+            "path": f"{key}.plan",
+            "format": "tensorrt",
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "size": path.stat().st_size,
+            "deployable": False,
+        }
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    real_module = runtime.backends._module
+    state = {"noise": 0.0}
+    monkeypatch.setattr(
+        runtime.backends,
+        "_module",
+        lambda name: _fake_engine_module(state["noise"]) if name == "tensorrt" else real_module(name),
+    )
+    return bundle_dir, state
+
+
+def test_a_backend_that_runs_manifest_artifacts_gets_them_marked_deployable(engine_bundle, capsys):
+    root, _ = engine_bundle
+    before = _manifest(root)
+    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 0
+    out = capsys.readouterr().out
+    assert "tensorrt:combined.fp16" in out and "FAIL" not in out
+
+    report = _strict_json(root / "parity/report.tensorrt.json")
+    assert sorted(report["results"]) == sorted([*ENGINE_KEYS.values(), "tensorrt:combined.fp16"])
+    manifest = _manifest(root)
+    for key in ENGINE_KEYS.values():
+        assert manifest["artifacts"][key]["deployable"] is True
+        entry = manifest["parity"][key]
+        assert entry["passed"] is True and entry["backend"] == "tensorrt" and entry["device"] == "cuda"
+        assert entry["sha256"] == manifest["artifacts"][key]["sha256"] and entry["min_cosine"] > 0.9999
+    # the ONNX graphs' own flags and the onnxruntime report are not touched by another backend's run
+    for key in ARTIFACTS:
+        assert manifest["artifacts"][key] == before["artifacts"][key]
+    assert not (root / "parity/report.json").exists()
+
+
+def test_a_backend_off_by_one_percent_gets_its_artifact_marked_not_deployable(engine_bundle, capsys):
+    root, state = engine_bundle
+    state["noise"] = 0.01
+    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 1
+    captured = capsys.readouterr()
+    assert f"FAIL {ENGINE_KEYS['visual']}" in captured.out and "PARITY FAILED" in captured.err
+    manifest = _manifest(root)
+    assert manifest["artifacts"][ENGINE_KEYS["visual"]]["deployable"] is False
+    assert manifest["artifacts"][ENGINE_KEYS["textual"]]["deployable"] is True
+    assert manifest["parity"]["tensorrt:combined.fp16"]["passed"] is False
+
+
+def test_a_changed_engine_file_is_caught_before_the_backend_runs(engine_bundle, capsys):
+    root, _ = engine_bundle
+    fake_bundle.flip_byte(root / f"{ENGINE_KEYS['textual']}.plan")
+    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 1
+    report = _strict_json(root / "parity/report.tensorrt.json")
+    for entry in report["results"].values():
+        assert entry["passed"] is False
+    assert any("sha256" in reason for reason in report["results"]["tensorrt:textual.fp16"]["failures"])
+
+
+def test_backend_options_are_checked_per_backend(bundle_dir, capsys):
+    assert parity.parity_command(str(bundle_dir), backend="torch", providers="cpu") == 2
+    assert "--providers is for --backend onnxruntime" in capsys.readouterr().err
+    assert parity.parity_command(str(bundle_dir), device="cuda") == 2
+    assert "--device is for --backend torch" in capsys.readouterr().err
+
+
+@pytest.fixture
+def linked_bundle(exported_bundle, tmp_path):
+    """A copy of the exported bundle made of hard links: parity rewrites files by rename, never in place."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported_bundle, copy, copy_function=os.link)
+    return copy
+
+
+@pytest.mark.slow
+def test_torch_backend_parity_on_the_cpu_skips_fp16_and_passes_fp32(linked_bundle, capsys):
+    before = _manifest(linked_bundle)
+    assert parity.parity_command(str(linked_bundle), backend="torch", device="cpu") == 0
+    out = capsys.readouterr().out
+    assert "skipped fp16: the torch backend does not run fp16 on the CPU" in out
+
+    report = _strict_json(linked_bundle / "parity/report.torch.json")
+    assert report["skipped"].keys() == {"fp16"} and report["precisions"] == ["fp32"]
+    assert sorted(report["results"]) == ["torch:combined.fp32", "torch:textual.fp32", "torch:visual.fp32"]
+    for entry in report["results"].values():
+        assert entry["passed"] is True and entry["min_cosine"] >= 0.99999 and entry["device"] == "cpu"
+    manifest = _manifest(linked_bundle)
+    assert manifest["artifacts"] == before["artifacts"]  # the reference rebuilt in torch marks no artifact
+    assert manifest["parity"]["torch:visual.fp32"]["passed"] is True
+    assert manifest["parity"]["visual.fp32"] == before["parity"]["visual.fp32"]
+
+
+def test_torch_fp16_asked_for_by_name_on_the_cpu_fails_with_the_reason(linked_bundle, capsys):
+    assert parity.parity_command(str(linked_bundle), precision="fp16", backend="torch", device="cpu") == 1
+    out = capsys.readouterr().out
+    assert "FAIL torch:visual.fp16: the torch backend does not run fp16 on the CPU" in out
