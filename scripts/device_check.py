@@ -299,7 +299,8 @@ def device_inputs(encoder: str, batch: int, device: str):
 def bench_plan(args) -> list[tuple[str, str]]:
     """(precision, variant) pairs this run measures for ``args.variant``; FP32 eager is the baseline."""
     if args.variant == "eager":
-        return [("fp32", "eager")] + ([] if args.dry_run else [("fp16", "eager")])
+        # eager-host: numpy in, numpy out through the backend, timed by the wall clock — comparable with TensorRT's
+        return [("fp32", "eager")] + ([] if args.dry_run else [("fp16", "eager"), ("fp16", "eager-host")])
     return [("fp16", args.variant)]
 
 
@@ -320,7 +321,7 @@ def step_bench(args) -> int:
 
     bundle = Bundle.load(bundle_dir(args))
     batches = DRY_BATCHES if args.dry_run else BATCHES
-    repeats, min_repeats, warmup = (2, 1, 1) if args.dry_run else (200, 10, 5)
+    repeats, min_repeats, warmup = (2, 1, 0) if args.dry_run else (200, 10, 5)
     deadline = Deadline(args.seconds)
     configs = bench_plan(args)
     for index, (precision, variant) in enumerate(configs):
@@ -339,18 +340,24 @@ def step_bench(args) -> int:
                 report["skipped"][f"{name} {encoder} batch {batch}"] = "the step's time budget ran out"
                 continue
             inputs = device_inputs(encoder, batch, device)
-            call = backend.encoders[encoder]
+            host = variant == "eager-host"
+            if host:
+                inputs = tuple(tensor.cpu().numpy() for tensor in inputs)
+                call = backend.encode_pixels if encoder == "visual" else backend.encode_tokens
+            else:
+                call = backend.encoders[encoder]
             try:
                 with torch.inference_mode():
-                    times = timings_ms(lambda: call(*inputs), device, warmup, repeats, min_repeats,
-                                       deadline.share(remaining))
+                    times = timings_ms(lambda: call(*inputs), "cpu" if host else device, warmup, repeats,
+                                       min_repeats, deadline.share(remaining))
             except Exception as exc:  # e.g. a graph capture or compile failure: record, go on
                 report["errors"][f"{name} {encoder} batch {batch}"] = f"{type(exc).__name__}: {exc}"[:600]
                 say(f"bench: {name} {encoder} batch {batch} failed: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             row = {"backend": "torch", "variant": variant, "precision": precision, "encoder": encoder,
                    "batch": batch, "seq": TEXT_LENGTH if encoder == "textual" else None,
-                   "timing": "cuda-events, device-resident inputs" if device == "cuda" else "wall clock (CPU)",
+                   "timing": "wall clock, numpy in and out" if host else
+                   "cuda-events, device-resident inputs" if device == "cuda" else "wall clock (CPU)",
                    **summarize(times, batch)}
             report["rows"].append(row)
             say(f"bench: {name} {encoder} batch {batch}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "

@@ -89,7 +89,7 @@ if [[ ${#BUNDLE[@]} -eq 0 ]]; then
   step export 170 || { REPORT_RESERVE=0; step report 15; exit 1; }
 fi
 step parity 60
-step bench:eager 60 --variant eager
+step bench:eager 75 --variant eager
 step bench:graphs 45 --variant graphs
 step tensorrt 120
 step bench:compile 90 --variant compile
