@@ -160,6 +160,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_engines(args: argparse.Namespace) -> int:
+    from export.tensorrt import build_engines_command
+
+    return build_engines_command(
+        args.bundle,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        opt_sequence=args.opt_seq,
+        workspace_gib=args.workspace_gib,
+    )
+
+
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"])
@@ -252,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="directory for bench.json and bench.png")
     bench.add_argument("--quick", action="store_true", help="few repeats, batch sizes 1 and 8, 8 JPEGs end to end")
     bench.set_defaults(func=_cmd_bench)
+
+    engines = commands.add_parser(
+        "build-engines",
+        help="build TensorRT engines for this GPU from the bundle's ONNX graphs, then check their parity",
+    )
+    engines.add_argument("bundle", help="bundle directory (engines go to BUNDLE/engines/<trt-version>_sm<cc>/)")
+    engines.add_argument("--max-batch", type=int, default=256, help="largest batch the engines accept (default 256)")
+    engines.add_argument("--opt-batch", type=int, default=32, help="batch the kernels are tuned for (default 32)")
+    engines.add_argument(
+        "--opt-seq", type=int, default=32, help="text length the text engine is tuned for, 1..77 (default 32)"
+    )
+    engines.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit in GiB")
+    engines.add_argument(
+        "--precision", choices=["fp16", "fp32"], default="fp16", help="which ONNX graphs to build from (default fp16)"
+    )
+    engines.set_defaults(func=_cmd_build_engines)
     return parser
 
 

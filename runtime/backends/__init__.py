@@ -3,7 +3,7 @@ engine it drives.
 
 ``onnxruntime``: the bundle's ONNX graphs in ONNX Runtime (CPU, CUDA or TensorRT execution provider).
 ``torch``: the PyTorch reference rebuilt from the bundle's ``reference.safetensors`` (imports torch, only when chosen).
-``tensorrt``: TensorRT engines from ``engines/`` (a slot: it explains what is missing).
+``tensorrt``: TensorRT engines from ``engines/`` for this TensorRT version and GPU (tensorrt + polygraphy, no torch).
 ``auto``: the best one this machine can run, see ``plan_backend``.
 
 Choosing is separate from loading (Polygraphy's loaders and runners): ``plan_backend`` decides which backend,
@@ -130,6 +130,9 @@ def plan_backend(bundle, backend: str = "auto", precision: str = "auto", **optio
     device, options = module.plan_device(options)
     precision = _resolve_precision(precision, device)
     module.check_precision(precision, device)
+    check_bundle = getattr(module, "check_bundle", None)  # artifacts that depend on this machine (TensorRT engines)
+    if check_bundle is not None:
+        check_bundle(bundle, precision)
     plan = BackendPlan(backend, precision, device, module.artifact_keys(precision), options, reason)
     if plan.reason.startswith("auto"):
         logger.info("backend: %s %s on %s (%s)", plan.name, plan.precision, plan.device, plan.reason)

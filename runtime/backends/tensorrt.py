@@ -1,30 +1,51 @@
-"""The ``tensorrt`` backend slot: where TensorRT engines (``engines/<trt-version>_sm<cc>/*.plan``) will run.
+"""The ``tensorrt`` backend: a bundle's TensorRT engines, ``engines/<trt-version>_sm<cc>/{visual,textual}.<precision>.plan``,
+run through Polygraphy's ``TrtRunner`` (``pip install 'ruclip-tiny[gpu]'``: tensorrt + polygraphy; no torch).
 
-This version finds the engines a bundle has for this GPU and says precisely what is missing; running them arrives
-with the engine builder (``ruclip-tiny build-engines``). Until then ``auto`` never picks this backend, and asking
-for it explains why and which backend to use instead.
+An engine only runs with the TensorRT version and on the GPU architecture it was built for, so the engines of a
+bundle are keyed by both, in their directory name and in their manifest key (``engine_key``:
+``engines/10.13.3_sm90/visual.fp16``). ``engine_status`` decides, before anything is loaded, whether this machine
+can run a bundle's engines and, when not, says what it found, what it needs and the command that builds them;
+``plan_backend`` refuses with that sentence (``check_bundle``) and ``auto`` falls back to ONNX Runtime quoting it
+(``unavailable_reason``).
+
+Running (``TensorRTEncoder``): one Polygraphy ``TrtRunner`` per engine — its own execution context, its own
+(non-default) CUDA stream, device input buffers and output allocations reused from call to call, input shapes set
+per call inside the optimisation profile. Inputs with more rows than the profile's max batch are cut into chunks
+and reassembled in order. Threads: each encoder has ONE execution context guarded by a lock, so calls from several
+threads are safe and run one at a time per encoder (the two encoders may run at the same time). A context per
+thread would need a copy of the activation memory per thread; for concurrent requests open one backend per worker,
+or serve through Triton.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ruclip_tiny import spec
+from ruclip_tiny.fileio import file_sha256
 
 from . import Backend, BackendError
 
 ENGINES_DIR = "engines"
+ENGINE_FORMAT = "tensorrt"
+TIMING_CACHE = "timing.cache"
 OPTIONS = ()
-# Flipped by the engine runner: the slot finds engines, it does not run them.
-RUNNER_AVAILABLE = False
+# This build runs engines (the earlier slot only found them); kept for callers that test for it.
+RUNNER_AVAILABLE = True
 
-_NOT_AVAILABLE = (
-    "TensorRT backend not available: the tensorrt Python package is not installed — install ruclip-tiny[gpu] and "
-    "build engines with ruclip-tiny build-engines {bundle} (or use backend='onnxruntime')"
-)
+_INSTALL = "pip install 'ruclip-tiny[gpu]'"
+
+
+# --- this machine ------------------------------------------------------------------------------------------------
 
 
 def tensorrt_version() -> str | None:
@@ -38,52 +59,197 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-def gpu_compute_capability(index: int = 0) -> str | None:
-    """Compute capability of GPU ``index`` as ``"90"`` (sm_90), from nvidia-smi; None when there is no GPU."""
+def polygraphy_available() -> bool:
+    return importlib.util.find_spec("polygraphy") is not None
+
+
+def _nvidia_smi(field: str, index: int) -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
         result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader", f"--id={index}"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", f"--id={index}"],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    value = result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else ""
-    return value.replace(".", "") if value.replace(".", "").isdigit() else None
+    lines = result.stdout.strip().splitlines() if result.returncode == 0 else []
+    return lines[0].strip() if lines and lines[0].strip() else None
+
+
+def gpu_compute_capability(index: int = 0) -> str | None:
+    """Compute capability of GPU ``index`` as ``"90"`` (sm_90), from nvidia-smi; None when there is no GPU."""
+    value = (_nvidia_smi("compute_cap", index) or "").replace(".", "")
+    return value if value.isdigit() else None
+
+
+def gpu_name(index: int = 0) -> str | None:
+    """Name of GPU ``index`` (``NVIDIA H200``), from nvidia-smi; None when there is no GPU."""
+    return _nvidia_smi("name", index)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What decides which engines can run here: TensorRT version (None: not installed), whether Polygraphy is
+    installed, and GPU 0's compute capability (``"90"``; None: no GPU) and name."""
+
+    tensorrt: str | None
+    polygraphy: bool
+    compute_capability: str | None
+    gpu: str | None = None
+
+    def describe(self) -> str:
+        trt = f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"
+        gpu = f"sm_{self.compute_capability} ({self.gpu or 'unknown GPU'})" if self.compute_capability else "no GPU"
+        return f"{trt} on {gpu}"
+
+
+@functools.lru_cache(maxsize=1)
+def this_machine() -> Machine:
+    """This machine (asked once per process: nvidia-smi takes ~0.1 s)."""
+    return Machine(tensorrt_version(), polygraphy_available(), gpu_compute_capability(), gpu_name())
+
+
+# --- where engines live ------------------------------------------------------------------------------------------
+
+
+def engine_dir_name(trt_version: str, compute_capability: str) -> str:
+    """``10.13.3_sm90``: the directory of the engines one TensorRT version builds for one GPU architecture."""
+    return f"{trt_version}_sm{compute_capability}"
+
+
+def engine_key(encoder: str, precision: str, trt_version: str, compute_capability: str) -> str:
+    """Manifest key of an engine: ``engines/<trt-version>_sm<cc>/<encoder>.<precision>``."""
+    return f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}/{encoder}.{precision}"
+
+
+def engine_path(encoder: str, precision: str, trt_version: str, compute_capability: str) -> str:
+    """Bundle-relative file of an engine: its key plus ``.plan``."""
+    return engine_key(encoder, precision, trt_version, compute_capability) + ".plan"
+
+
+def timing_cache_path(trt_version: str, compute_capability: str) -> str:
+    """Bundle-relative timing cache, beside the engines it sped up (it is as version- and GPU-bound as they are)."""
+    return f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}/{TIMING_CACHE}"
+
+
+def parse_engine_key(key: str) -> tuple[str, str, str, str] | None:
+    """``(trt_version, compute_capability, encoder, precision)`` of an engine key, None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != ENGINES_DIR or "_sm" not in parts[1]:
+        return None
+    version, _, capability = parts[1].rpartition("_sm")
+    encoder, _, precision = parts[2].partition(".")
+    if not (version and capability.isdigit() and encoder in spec.ENCODERS and precision):
+        return None
+    return version, capability, encoder, precision
 
 
 def engine_dir(bundle, trt_version: str, compute_capability: str) -> Path:
     """``BUNDLE/engines/<trt-version>_sm<cc>``: where the engines for one TensorRT version and GPU live."""
-    return bundle.path(f"{ENGINES_DIR}/{trt_version}_sm{compute_capability}")
+    return bundle.path(f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}")
 
 
 def engine_files(bundle, precision: str, trt_version: str, compute_capability: str) -> list[Path]:
     """The two plans this backend would run: ``{visual,textual}.<precision>.plan`` in ``engine_dir``."""
-    directory = engine_dir(bundle, trt_version, compute_capability)
-    return [directory / f"{encoder}.{precision}.plan" for encoder in spec.ENCODERS]
+    return [bundle.path(engine_path(e, precision, trt_version, compute_capability)) for e in spec.ENCODERS]
+
+
+def build_command(bundle, precision: str) -> str:
+    """The command that builds the engines this machine needs."""
+    flag = "" if precision == "fp16" else f" --precision {precision}"
+    return f"ruclip-tiny build-engines {bundle.root}{flag}"
+
+
+# --- can this machine run the bundle's engines? -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """problem: why the engines cannot run here (None: they can); keys: the manifest keys this machine would run."""
+
+    problem: str | None
+    keys: list[str]
+
+
+def _engines_found(bundle) -> str:
+    """``engines for TensorRT 10.9.0 on sm_86 (fp16)``, from the manifest's engine entries (or ``no engines``)."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for key in bundle.artifacts:
+        parsed = parse_engine_key(key)
+        if parsed is not None:
+            found.setdefault((parsed[0], parsed[1]), set()).add(parsed[3])
+    if not found:
+        return "the bundle has no engines"
+    return "the bundle has engines for " + "; ".join(
+        f"TensorRT {version} on sm_{capability} ({', '.join(sorted(precisions))})"
+        for (version, capability), precisions in sorted(found.items())
+    )
+
+
+def engine_status(bundle, precision: str, machine: Machine | None = None, require_deployable: bool = False) -> EngineStatus:
+    """Whether ``machine`` (default: this one) can run ``bundle``'s ``precision`` engines.
+
+    Checked in order: tensorrt installed, polygraphy installed, a GPU, both engines listed in the manifest for this
+    TensorRT version and compute capability, their files present with the size and sha256 the manifest records,
+    and (``require_deployable``, what ``auto`` asks) both marked deployable by parity.
+    """
+    machine = machine or this_machine()
+    build = build_command(bundle, precision)
+    if machine.tensorrt is None:
+        return EngineStatus(f"the tensorrt package is not installed ({_INSTALL})", [])
+    if not machine.polygraphy:
+        return EngineStatus(f"the polygraphy package, which runs the engines, is not installed ({_INSTALL})", [])
+    if machine.compute_capability is None:
+        return EngineStatus("no NVIDIA GPU found (nvidia-smi does not answer)", [])
+    keys = [engine_key(e, precision, machine.tensorrt, machine.compute_capability) for e in spec.ENCODERS]
+    missing = [key for key in keys if key not in bundle.artifacts]
+    if missing:
+        return EngineStatus(
+            f"no {precision} engines for {machine.describe()} in {bundle.root} ({_engines_found(bundle)}); "
+            f"engines run only with the TensorRT version and GPU architecture they were built for — build them "
+            f"with: {build}",
+            keys,
+        )
+    for key in keys:
+        entry = bundle.artifacts[key]
+        path = bundle.path(entry["path"])
+        if not path.is_file():
+            return EngineStatus(f"{entry['path']} is listed in the manifest but missing; rebuild with: {build}", keys)
+        size = path.stat().st_size
+        if size != entry.get("size") or file_sha256(path) != entry.get("sha256"):
+            return EngineStatus(
+                f"{entry['path']} does not match the manifest ({size} bytes, expected {entry.get('size')}; "
+                f"sha256 differs): corrupt or replaced — rebuild with: {build}",
+                keys,
+            )
+    if require_deployable:
+        refused = [key for key in keys if bundle.artifacts[key].get("deployable") is not True]
+        if refused:
+            return EngineStatus(
+                f"{', '.join(refused)} not marked deployable (parity failed or never ran; see the manifest's parity "
+                f"section) — rebuild with: {build}",
+                keys,
+            )
+    return EngineStatus(None, keys)
 
 
 def unavailable_reason(bundle, precision: str) -> str | None:
-    """Why TensorRT cannot serve ``bundle`` at ``precision`` on this machine, or None when it can."""
-    version = tensorrt_version()
-    if version is None:
-        return "the tensorrt package is not installed (pip install 'ruclip-tiny[gpu]')"
-    capability = gpu_compute_capability()
-    if capability is None:
-        return "no NVIDIA GPU found (nvidia-smi does not answer)"
-    missing = [path for path in engine_files(bundle, precision, version, capability) if not path.is_file()]
-    if missing:
-        return (
-            f"no {precision} engines for TensorRT {version} on sm_{capability} in {bundle.root} "
-            f"(missing {', '.join(str(p.relative_to(bundle.root)) for p in missing)}); "
-            f"build them with: ruclip-tiny build-engines {bundle.root}"
+    """Why ``auto`` cannot use TensorRT for ``bundle`` at ``precision`` here (None: it can)."""
+    return engine_status(bundle, precision, require_deployable=True).problem
+
+
+def check_bundle(bundle, precision: str) -> None:
+    """Refuse, before anything loads, engines this machine cannot run: raise BackendError saying what was found,
+    what is needed and the command that builds it. (Deployability is the embedder's check: it can be overridden.)"""
+    problem = engine_status(bundle, precision).problem
+    if problem is not None:
+        raise BackendError(
+            f"TensorRT backend not available: {problem}. Meanwhile use backend='onnxruntime' "
+            f"(TensorRT needs {_INSTALL}, a GPU, and engines from: {build_command(bundle, precision)})"
         )
-    if not RUNNER_AVAILABLE:
-        return "this ruclip-tiny version finds TensorRT engines but cannot run them yet"
-    return None
 
 
 def plan_device(options: dict) -> tuple[str, dict]:
@@ -93,21 +259,192 @@ def plan_device(options: dict) -> tuple[str, dict]:
 
 
 def check_precision(precision: str, device: str) -> None:
-    """Engines exist per precision; which ones a bundle has is checked when opening."""
+    """Engines exist per precision; which ones a bundle has is checked by ``check_bundle``."""
 
 
 def artifact_keys(precision: str) -> list[str]:
-    """Engines are not manifest artifacts yet (the engine builder adds them); nothing to verify here."""
-    return []
+    """The manifest keys of the engines this machine runs (empty without TensorRT or a GPU: nothing can open)."""
+    machine = this_machine()
+    if machine.tensorrt is None or machine.compute_capability is None:
+        return []
+    return [engine_key(e, precision, machine.tensorrt, machine.compute_capability) for e in spec.ENCODERS]
 
 
-def from_bundle(bundle, precision: str = "fp16", **options) -> Backend:
-    """Refuses, naming what is missing: the package, the GPU, the engines, or (for now) the runner."""
-    if tensorrt_version() is None:
-        raise BackendError(_NOT_AVAILABLE.format(bundle=bundle.root))
-    reason = unavailable_reason(bundle, precision)
-    if reason is not None:
+# --- running -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputBinding:
+    """One engine input: numpy dtype the engine takes, and its optimisation-profile shapes (min, opt, max)."""
+
+    name: str
+    dtype: np.dtype
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+class TensorRTEncoder:
+    """One engine behind an activated runner (Polygraphy's ``TrtRunner``: ``infer(feeds, check_inputs=False)`` ->
+    ``{name: array}``), with its inputs' dtypes and profile shapes and its single output.
+
+    ``run(feeds)``: feeds {input name: array [B, ...]} -> float32 [B, 768]; B above the profile's max batch is run
+    in chunks, in order. The runner reuses its host output buffers, so every result is copied out before the lock
+    is released.
+    """
+
+    def __init__(self, runner, inputs: list[InputBinding], output: str, label: str):
+        self.runner = runner
+        self.inputs = {binding.name: binding for binding in inputs}
+        self.output = output
+        self.label = label
+        self.max_batch = min(binding.max[0] for binding in inputs)
+        self._lock = threading.Lock()
+
+    def _checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(feeds) != set(self.inputs):
+            raise BackendError(f"{self.label} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
+        checked = {}
+        for name, binding in self.inputs.items():
+            array = np.asarray(feeds[name])
+            if array.ndim != len(binding.max) or array.shape[0] < 1:
+                raise BackendError(
+                    f"{self.label}: input {name} has shape {list(array.shape)}; the engine takes "
+                    f"{len(binding.max)} dimensions and at least one row"
+                )
+            for axis in range(1, array.ndim):  # axis 0 is chunked; every other axis must fit the profile
+                if not binding.min[axis] <= array.shape[axis] <= binding.max[axis]:
+                    raise BackendError(
+                        f"{self.label}: input {name} has {array.shape[axis]} on axis {axis}; the engine's profile "
+                        f"takes {binding.min[axis]}..{binding.max[axis]}"
+                    )
+            checked[name] = np.ascontiguousarray(array, dtype=binding.dtype)
+        rows = {len(array) for array in checked.values()}
+        if len(rows) != 1:
+            raise BackendError(f"{self.label}: inputs must share one number of rows, got {sorted(rows)}")
+        return checked
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        checked = self._checked(feeds)
+        total = len(next(iter(checked.values())))
+        chunks = []
+        for start in range(0, total, self.max_batch):
+            chunk = {name: array[start : start + self.max_batch] for name, array in checked.items()}
+            with self._lock:
+                if self.runner is None:
+                    raise BackendError("this tensorrt backend was closed; load the embedder again")
+                try:
+                    output = self.runner.infer(chunk, check_inputs=False)[self.output]
+                except Exception as exc:  # Polygraphy and TensorRT raise their own types; keep their reason
+                    raise BackendError(f"TensorRT failed to run {self.label}: {exc}") from None
+                chunks.append(np.array(output, dtype=np.float32, copy=True))
+        return np.concatenate(chunks, axis=0)
+
+    def close(self) -> None:
+        with self._lock:
+            runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.deactivate()
+
+
+def _quiet_polygraphy() -> None:
+    """Polygraphy logs every activation and shape change at INFO; a server wants warnings and errors only."""
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+
+
+def open_engine(path: Path, label: str, rebuild: str) -> TensorRTEncoder:
+    """Deserialise the plan at ``path`` and activate a ``TrtRunner`` on it (context, stream, buffers)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.datatype import DataType
+    import tensorrt as trt
+
+    _quiet_polygraphy()
+    try:
+        engine = EngineFromBytes(BytesFromPath(str(path)))()
+    except Exception as exc:  # PolygraphyException when TensorRT returns no engine (version, corruption, GPU)
         raise BackendError(
-            f"TensorRT backend not available: {reason}. Use backend='onnxruntime' with providers=['cuda'] meanwhile"
-        )
-    raise BackendError("TensorRT engine runner missing in this build")  # unreachable while RUNNER_AVAILABLE is False
+            f"TensorRT {trt.__version__} cannot deserialise {path} ({exc}): built by another TensorRT version or "
+            f"for another GPU, or corrupt — rebuild with: {rebuild}"
+        ) from None
+    inputs, outputs = [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+            outputs.append(name)
+            continue
+        low, opt, high = (tuple(int(d) for d in shape) for shape in engine.get_tensor_profile_shape(name, 0))
+        dtype = DataType.to_dtype(DataType.from_dtype(engine.get_tensor_dtype(name), source_module="tensorrt"), "numpy")
+        inputs.append(InputBinding(name, np.dtype(dtype), low, opt, high))
+    if len(outputs) != 1:
+        raise BackendError(f"{path} has outputs {outputs}; an encoder engine has exactly one — rebuild with: {rebuild}")
+    runner = TrtRunner(engine, name=label)
+    try:
+        runner.activate()
+    except Exception as exc:
+        raise BackendError(f"TensorRT cannot create an execution context for {path}: {exc}") from None
+    return TensorRTEncoder(runner, inputs, outputs[0], label)
+
+
+class TensorRTBackend(Backend):
+    """The visual and textual engines of one precision, each in its own runner (context + stream + buffers)."""
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, visual: TensorRTEncoder, textual: TensorRTEncoder, precision: str, keys: dict[str, str],
+                 machine: Machine | None = None):
+        self.visual = visual
+        self.textual = textual
+        self.precision = precision
+        self.keys = keys
+        self.machine = machine
+        self.max_batch = min(visual.max_batch, textual.max_batch)
+
+    def artifact_key(self, encoder: str) -> str | None:
+        """The manifest key of the engine this backend runs for ``encoder`` (``engines/…/visual.fp16``)."""
+        return self.keys.get(encoder)
+
+    def _encoder(self, encoder: TensorRTEncoder | None) -> TensorRTEncoder:
+        if encoder is None:
+            raise BackendError("this tensorrt backend was closed; load the embedder again")
+        return encoder
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._encoder(self.visual).run({spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)})
+
+    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        names = [tensor.name for tensor in spec.TEXTUAL.inputs]
+        return self._encoder(self.textual).run(dict(zip(names, (input_ids, attention_mask))))
+
+    def describe(self) -> str:
+        where = self.machine.describe() if self.machine else "cuda"
+        return f"tensorrt {self.precision} ({where})"
+
+    def close(self) -> None:
+        for encoder in (self.visual, self.textual):
+            if encoder is not None:
+                encoder.close()
+        self.visual = self.textual = None
+
+
+def from_bundle(bundle, precision: str = "fp16", **options) -> TensorRTBackend:
+    """Open the engines this machine runs; refuses (BackendError) as ``check_bundle`` does, or when an engine does
+    not deserialise."""
+    if options:
+        plan_device(options)
+    check_bundle(bundle, precision)
+    machine = this_machine()
+    keys = dict(zip(spec.ENCODERS, engine_status(bundle, precision, machine).keys))
+    rebuild = build_command(bundle, precision)
+    encoders = {}
+    try:
+        for encoder, key in keys.items():
+            encoders[encoder] = open_engine(bundle.path(bundle.artifacts[key]["path"]), key, rebuild)
+    except BaseException:
+        for opened in encoders.values():
+            opened.close()
+        raise
+    return TensorRTBackend(encoders["visual"], encoders["textual"], precision, keys, machine)
