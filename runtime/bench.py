@@ -434,8 +434,13 @@ def run_bench(
                         say(f"{backend} {precision}: {workload} batch {batch}")
                         width, mean_tokens = _text_shape(tokenizer, texts[batch], embedder.trim_padding)
                         call = lambda: embedder.encode_texts_detailed(texts[batch], batch_size=batch)  # noqa: E731
-                        rows.append(_row(workload, "runtime", backend, precision, device, batch, timed(call, device),
-                                         width, mean_tokens))
+                        row = _row(workload, "runtime", backend, precision, device, batch, timed(call, device),
+                                   width, mean_tokens)
+                        unfused = _without_fused_attention(embedder.backend, lambda: timed(call, device))
+                        if unfused is not None:  # the fused-attention lever, side by side on the same texts
+                            row["unfused_p50_ms"] = unfused.percentile_ms(50)
+                            row["fused_speedup"] = row["unfused_p50_ms"] / row["p50_ms"]
+                        rows.append(row)
                 for row in rows:
                     base = baseline_rows.get((row["workload"], row["batch_size"]))
                     row["baseline_p50_ms"] = base["p50_ms"] if base else None
@@ -462,6 +467,18 @@ def run_bench(
         if plot is not None:
             report["files"]["plot"] = str(plot)
     return report
+
+
+def _without_fused_attention(backend, measure_call: Callable[[], Timing]) -> Timing | None:
+    """``measure_call()`` with the backend's fused text graph switched off, or None when it has none."""
+    fused = getattr(backend, "textual_fused", None)
+    if fused is None:
+        return None
+    backend.textual_fused = None
+    try:
+        return measure_call()
+    finally:
+        backend.textual_fused = fused
 
 
 def _end_to_end(pipeline, backend, precision, device, images, batch_size, call, repeats, warmup, time_budget_s) -> dict:
@@ -542,7 +559,7 @@ def format_table(report: dict) -> str:
     """The rows as a text table with ratios against the baseline."""
     lines = [
         f"{'workload':<14} {'pipeline':<26} {'batch':>5} {'tokens':>6} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-        f"{'items/s':>9} {'x baseline':>10}"
+        f"{'items/s':>9} {'x baseline':>10} {'fused x':>8}"
     ]
     for workload in WORKLOADS:
         for row in sorted((r for r in report["rows"] if r["workload"] == workload),
@@ -552,6 +569,7 @@ def format_table(report: dict) -> str:
                 f"{workload:<14} {_label(row):<26} {row['batch_size']:>5} {row.get('tokens_fed', ''):>6} "
                 f"{row['p50_ms']:>9.2f} {row['p90_ms']:>9.2f} {row['p99_ms']:>9.2f} {row['throughput_per_s']:>9.1f} "
                 f"{'no baseline' if ratio is None else f'{ratio:.2f}x':>10}"
+                + (f" {row['fused_speedup']:>7.2f}x" if "fused_speedup" in row else "")
             )
     for row in report["end_to_end"]:
         ratio = row.get("ratio_vs_baseline")

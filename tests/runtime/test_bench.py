@@ -56,6 +56,14 @@ def test_every_runtime_figure_has_a_ratio_against_the_baseline(quick_report):
         assert row["baseline_p50_ms"] > 0
 
 
+def test_the_fused_attention_lever_is_timed_beside_every_onnxruntime_text_row(quick_report):
+    report, _, _ = quick_report
+    text_rows = [r for r in report["rows"] if r["pipeline"] == "runtime" and r["workload"].startswith("text")]
+    assert text_rows
+    for row in text_rows:  # the session bundle has a deployable fused graph, and auto uses it on the CPU
+        assert row["unfused_p50_ms"] > 0 and row["fused_speedup"] == row["unfused_p50_ms"] / row["p50_ms"]
+
+
 def test_text_workloads_feed_the_runtime_different_sequence_lengths(quick_report):
     report, _, _ = quick_report
     for row in report["rows"]:
