@@ -725,6 +725,7 @@ class BackgroundServer:
                                      timeout_graceful_shutdown=graceful_timeout_s)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="ruclip-serve", daemon=True)
+        self._port: int | None = None
 
     def start(self, timeout_s: float = 60) -> "BackgroundServer":
         self.thread.start()
@@ -733,11 +734,13 @@ class BackgroundServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start (see its log)")
             time.sleep(0.01)
+        self._port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
 
     @property
     def port(self) -> int:
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        """The port listened on (known once started)."""
+        return self._port
 
     @property
     def url(self) -> str:
