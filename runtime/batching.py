@@ -211,6 +211,10 @@ class DynamicBatcher:
                 await self._wait_change(None)
                 continue
             if self.batching and self.max_wait_s > 0 and not self._closing:
+                # Two turns of the event loop first: requests whose bytes are already on their sockets become
+                # tasks and mark their arrival (microseconds; a lone request loses nothing).
+                for _ in range(2):
+                    await asyncio.sleep(0)
                 deadline = self._queue[0].enqueued + self.max_wait_s
                 # Wait only for requests already inside the server: with none on the way, waiting adds latency and
                 # gains nothing (so a lone client sees no batching delay at all).
