@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1,
-                        help="ONNX Runtime intra-op threads of each server (default 1: on 2 cores a second, spinning
+                        help="ONNX Runtime intra-op threads of each server (default 1: on 2 cores a second, spinning "
                         "pool thread competes with the event loop and the clients)")
     parser.add_argument("--out", default="docs", help="directory for load_bench.json and bench-serve.png")
     args = parser.parse_args(argv)
