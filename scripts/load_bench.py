@@ -176,8 +176,9 @@ def _ms(value: float | None) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| kind | clients | on: req/s | off: req/s | speed-up | on: p50 / p99 ms | off: p50 / p99 ms | "
-             "on: mean batch |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| kind | clients | on: req/s | off: req/s | speed-up | on: p50 / p99 | off: p50 / p99 | "
+             "on: mean batch | requests counted (on / off) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for kind in sorted({r["kind"] for r in results}, reverse=True):
         for conc in sorted({r["concurrency"] for r in results if r["kind"] == kind}):
             on = next(r for r in results if r["kind"] == kind and r["concurrency"] == conc and r["batching"])
@@ -186,7 +187,7 @@ def markdown(results: list[dict]) -> str:
             lines.append(
                 f"| {kind} | {conc} | {on['throughput_rps']:.1f} | {off['throughput_rps']:.1f} | {ratio:.2f}× | "
                 f"{_ms(on['p50_ms'])} / {_ms(on['p99_ms'])} | {_ms(off['p50_ms'])} / {_ms(off['p99_ms'])} | "
-                f"{on['mean_batch']:.1f} |"
+                f"{on['mean_batch']:.1f} | {on['requests']} / {off['requests']} |"
             )
     return "\n".join(lines)
 
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-seconds", type=float, default=10.0, help="measured window per image point")
     parser.add_argument("--warmup-seconds", type=float, default=1.0, help="uncounted start of every text point")
     parser.add_argument("--image-warmup-seconds", type=float, default=3.0, help="uncounted start of every image point")
+    parser.add_argument("--image-seconds-per-client", type=float, default=0.4,
+                        help="image windows grow to this x clients (warm-up to half of it), so that a point at 64 "
+                        "clients still counts many completed requests (an image takes ~0.1-0.3 s on a CPU core)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1,
@@ -229,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in (True, False):
             wait_ready(urls[mode], servers[mode])
         for kind in kinds:
-            path, bodies, warmup, seconds = work[kind]
+            path, bodies, base_warmup, base_seconds = work[kind]
             for index, concurrency in enumerate(concurrencies):
+                warmup, seconds = base_warmup, base_seconds
+                if kind == "image":
+                    seconds = max(base_seconds, concurrency * args.image_seconds_per_client)
+                    warmup = max(base_warmup, seconds / 2)
                 # alternate which mode goes first, so a drift in machine load does not favour one
                 for batching in ((True, False) if index % 2 == 0 else (False, True)):
                     items_before, calls_before = batch_stats(urls[batching], kind)
@@ -239,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     calls = calls_after - calls_before
                     point.update(kind=kind, batching=batching, concurrency=concurrency,
                                  mean_batch=(items_after - items_before) / calls if calls else 0.0,
+                                 window_s=seconds,
                                  loadavg_1m=os.getloadavg()[0])
                     results.append(point)
                     print(f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'} "
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.time() - started,
         "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                      "text_seconds": args.text_seconds, "image_seconds": args.image_seconds,
-                     "warmup_seconds": args.warmup_seconds, "image_warmup_seconds": args.image_warmup_seconds},
+                     "warmup_seconds": args.warmup_seconds, "image_warmup_seconds": args.image_warmup_seconds,
+                     "image_seconds_per_client": args.image_seconds_per_client},
         "results": results,
     }
     (out / "load_bench.json").write_text(json.dumps(report, indent=2) + "\n")
