@@ -384,10 +384,10 @@ def _check_items(values: list, field: str, settings: ServerSettings) -> None:
                                  "the request")
 
 
-def _check_text_chars(texts: list[str], field: str, settings: ServerSettings, extra: int = 0) -> None:
+def _check_text_chars(texts: list[str], field: str, settings: ServerSettings) -> None:
     for index, text in enumerate(texts):
-        if len(text) + extra > settings.max_text_chars:
-            raise HTTPException(422, f"{field}[{index}]: {len(text) + extra} characters, more than "
+        if len(text) > settings.max_text_chars:
+            raise HTTPException(422, f"{field}[{index}]: {len(text)} characters, more than "
                                      f"--max-text-chars={settings.max_text_chars}")
 
 

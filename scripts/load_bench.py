@@ -136,6 +136,18 @@ async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warm
     }
 
 
+def summarise(points: list[dict]) -> dict:
+    """One figure per mode from repeated runs: medians of throughput, p50, p99 and mean batch; counts summed."""
+
+    def median(key):
+        values = [p[key] for p in points if p[key] is not None]
+        return float(np.median(values)) if values else None
+
+    return {"throughput_rps": median("throughput_rps"), "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
+            "mean_batch": median("mean_batch"), "requests": sum(p["requests"] for p in points),
+            "errors": sum(p["errors"] for p in points), "loadavg_1m": median("loadavg_1m"), "runs": points}
+
+
 def plot(results: list[dict], path: Path) -> None:
     try:
         import matplotlib
@@ -204,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-seconds-per-client", type=float, default=0.4,
                         help="image windows grow to this x clients (warm-up to half of it), so that a point at 64 "
                         "clients still counts many completed requests (an image takes ~0.1-0.3 s on a CPU core)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every point this many times, modes alternating; report medians")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1,
@@ -239,21 +253,24 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "image":
                     seconds = max(base_seconds, concurrency * args.image_seconds_per_client)
                     warmup = max(base_warmup, seconds / 2)
-                # alternate which mode goes first, so a drift in machine load does not favour one
-                for batching in ((True, False) if index % 2 == 0 else (False, True)):
-                    items_before, calls_before = batch_stats(urls[batching], kind)
-                    point = asyncio.run(drive(urls[batching], path, bodies, concurrency, warmup, seconds))
-                    items_after, calls_after = batch_stats(urls[batching], kind)
-                    calls = calls_after - calls_before
-                    point.update(kind=kind, batching=batching, concurrency=concurrency,
-                                 mean_batch=(items_after - items_before) / calls if calls else 0.0,
-                                 window_s=seconds,
-                                 loadavg_1m=os.getloadavg()[0])
-                    results.append(point)
-                    print(f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'} "
-                          f"{point['throughput_rps']:7.1f} req/s  p50 {_ms(point['p50_ms'])}  "
-                          f"p99 {_ms(point['p99_ms'])}  mean batch {point['mean_batch']:.1f}  "
-                          f"errors {point['errors']}  load {point['loadavg_1m']:.1f}", flush=True)
+                runs: dict[bool, list[dict]] = {True: [], False: []}
+                for repeat in range(args.repeats):
+                    # alternate which mode goes first, so a drift in machine load does not favour one
+                    for batching in ((True, False) if (index + repeat) % 2 == 0 else (False, True)):
+                        items_before, calls_before = batch_stats(urls[batching], kind)
+                        point = asyncio.run(drive(urls[batching], path, bodies, concurrency, warmup, seconds))
+                        items_after, calls_after = batch_stats(urls[batching], kind)
+                        calls = calls_after - calls_before
+                        point.update(mean_batch=(items_after - items_before) / calls if calls else 0.0,
+                                     loadavg_1m=os.getloadavg()[0])
+                        runs[batching].append(point)
+                        print(f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'} "
+                              f"{point['throughput_rps']:7.1f} req/s  p50 {_ms(point['p50_ms'])}  "
+                              f"p99 {_ms(point['p99_ms'])}  mean batch {point['mean_batch']:.1f}  "
+                              f"errors {point['errors']}  load {point['loadavg_1m']:.1f}", flush=True)
+                for batching, points in runs.items():
+                    results.append(summarise(points) | dict(kind=kind, batching=batching, concurrency=concurrency,
+                                                            window_s=seconds))
     finally:
         for process in servers.values():
             process.terminate()
@@ -276,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                      "text_seconds": args.text_seconds, "image_seconds": args.image_seconds,
                      "warmup_seconds": args.warmup_seconds, "image_warmup_seconds": args.image_warmup_seconds,
-                     "image_seconds_per_client": args.image_seconds_per_client},
+                     "image_seconds_per_client": args.image_seconds_per_client, "repeats": args.repeats},
         "results": results,
     }
     (out / "load_bench.json").write_text(json.dumps(report, indent=2) + "\n")
