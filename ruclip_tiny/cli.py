@@ -171,7 +171,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = ServerSettings(
-            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
+            max_batch=args.max_batch, max_image_batch=args.max_image_batch, max_wait_ms=args.max_wait_ms,
+            batching=not args.no_batching,
             max_queue_items=args.max_queue_items, max_items=args.max_items, max_image_bytes=args.max_image_bytes,
             max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
             decode_workers=args.decode_workers,
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"])
     serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     serve.add_argument("--max-batch", type=int, default=64, help="most items per backend call (default 64)")
+    serve.add_argument("--max-image-batch", type=int, default=None,
+                       help="most images per backend call (default: --max-batch; on a CPU 1-4 keeps latency down)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="longest a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="run every request as its own backend call")

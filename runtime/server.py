@@ -55,7 +55,9 @@ MIB = 1 << 20
 class ServerSettings:
     """Batching and limits of one server (the ``serve`` flags of the same names).
 
-    max_batch: most items per backend call; max_wait_ms: longest a request waits for others to join its batch;
+    max_batch: most items per backend call; max_image_batch: most images per backend call (None: max_batch; on a
+    CPU, where the image encoder is compute-bound, merging images gains nothing, so a small value keeps latency
+    down); max_wait_ms: longest a request waits for others to join its batch;
     batching: False runs every request as its own backend call; max_queue_items: items admitted and waiting
     beyond which requests get 503; max_items: texts, images or labels per request; max_image_bytes: encoded
     size of one image; max_text_chars: characters of one text (a label with its template); max_body_bytes: size
@@ -64,6 +66,7 @@ class ServerSettings:
     """
 
     max_batch: int = 64
+    max_image_batch: int | None = None
     max_wait_ms: float = 5.0
     batching: bool = True
     max_queue_items: int = 1024
@@ -79,6 +82,8 @@ class ServerSettings:
                      "max_body_bytes", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_image_batch is not None and self.max_image_batch < 1:
+            raise ValueError(f"max_image_batch must be >= 1, got {self.max_image_batch}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
 
@@ -251,13 +256,17 @@ class EmbeddingService:
         )
         observer = metrics.observer()
         common = dict(
-            executor=self._inference, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+            executor=self._inference, max_wait_s=settings.max_wait_ms / 1000,
             max_queue_items=settings.max_queue_items, batching=settings.batching, observer=observer,
         )
         self.batchers = {
-            "text": DynamicBatcher("text", self._run_texts, **common),
-            "image": DynamicBatcher("image", self._run_images, **common),
+            "text": DynamicBatcher("text", self._run_texts, max_batch=settings.max_batch, **common),
+            "image": DynamicBatcher("image", self._run_images, max_batch=self.image_batch, **common),
         }
+
+    @property
+    def image_batch(self) -> int:
+        return self.settings.max_image_batch or self.settings.max_batch
 
     @property
     def ready(self) -> bool:
@@ -307,7 +316,7 @@ class EmbeddingService:
 
     def _run_images(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         embedder = self.embedder
-        limit = min(self.settings.max_batch, embedder.backend.max_batch or self.settings.max_batch)
+        limit = min(self.image_batch, embedder.backend.max_batch or self.image_batch)
         rows = []
         for start in range(0, len(pixels), limit):
             chunk = np.stack(pixels[start : start + limit])
@@ -670,7 +679,8 @@ def create_app(
         """What this server serves: model, synthetic or not, backend in use, precision, parity status."""
         body = {"ready": service.ready, "state": service.state,
                 "batching": {"enabled": settings.batching, "max_batch": settings.max_batch,
-                             "max_wait_ms": settings.max_wait_ms, "max_queue_items": settings.max_queue_items},
+                             "max_image_batch": service.image_batch, "max_wait_ms": settings.max_wait_ms,
+                             "max_queue_items": settings.max_queue_items},
                 "limits": {key: value for key, value in asdict(settings).items()
                            if key.startswith("max_") and key not in ("max_batch", "max_wait_ms", "max_queue_items")}}
         if service.embedder is not None:

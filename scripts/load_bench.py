@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure every point this many times, modes alternating; report medians")
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-image-batch", type=int, default=None, help="serve --max-image-batch (batching on)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1,
                         help="ONNX Runtime intra-op threads of each server (default 1: on 2 cores a second, spinning "
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
               "--max-queue-items", "4096"] + (["--threads", str(args.threads)] if args.threads else [])
     ports = {True: free_port(), False: free_port()}
-    servers = {True: start_server(args.bundle, ports[True], common),
+    image_batch = ["--max-image-batch", str(args.max_image_batch)] if args.max_image_batch else []
+    servers = {True: start_server(args.bundle, ports[True], common + image_batch),
                False: start_server(args.bundle, ports[False], common + ["--no-batching"])}
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in ports.items()}
     load_before = os.getloadavg()
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "seconds": time.time() - started,
-        "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "settings": {"max_batch": args.max_batch, "max_image_batch": args.max_image_batch,
+                     "max_wait_ms": args.max_wait_ms,
                      "text_seconds": args.text_seconds, "image_seconds": args.image_seconds,
                      "warmup_seconds": args.warmup_seconds, "image_warmup_seconds": args.image_warmup_seconds,
                      "image_seconds_per_client": args.image_seconds_per_client, "repeats": args.repeats},

@@ -82,7 +82,7 @@ def reference(exported_bundle):
 @pytest.fixture(scope="module")
 def server(exported_bundle):
     """One real server for the module (ONNX Runtime on the CPU), loading its own Embedder in the background."""
-    settings = ServerSettings(max_batch=32, max_wait_ms=5, **LIMITS)
+    settings = ServerSettings(max_batch=32, max_image_batch=4, max_wait_ms=5, **LIMITS)
     # one ONNX Runtime thread: the test's own clients share the two cores with the server
     app = create_app(lambda: Embedder.load(exported_bundle, backend="onnxruntime", intra_op_threads=1), settings)
     with BackgroundServer(app) as running:
@@ -159,6 +159,7 @@ def test_info_says_synthetic_backend_precision_and_parity(client):
     assert info["parity"] == {"textual.fp32": {"deployable": True, "passed": True},
                               "visual.fp32": {"deployable": True, "passed": True}}
     assert info["ready"] is True and info["batching"]["enabled"] is True
+    assert (info["batching"]["max_batch"], info["batching"]["max_image_batch"]) == (32, 4)
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
@@ -218,6 +219,12 @@ def test_16_concurrent_clients_each_get_their_own_rows_and_requests_are_merged(s
     single = metric(after, "ruclip_tiny_batch_requests_bucket", kind="text", le="1.0") - metric(
         before, "ruclip_tiny_batch_requests_bucket", kind="text", le="1.0")
     assert batches > 0 and single < batches
+    # images are merged too, but never past max_image_batch=4
+    image_calls = metric(after, "ruclip_tiny_batch_items_count", kind="image") - metric(
+        before, "ruclip_tiny_batch_items_count", kind="image")
+    up_to_4 = metric(after, "ruclip_tiny_batch_items_bucket", kind="image", le="4.0") - metric(
+        before, "ruclip_tiny_batch_items_bucket", kind="image", le="4.0")
+    assert image_calls > 0 and up_to_4 == image_calls
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
