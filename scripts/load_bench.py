@@ -170,6 +170,7 @@ def plot(results: list[dict], path: Path) -> None:
             axes[1][column].plot(conc, [r["p99_ms"] for r in rows], "x--", color=color, label=f"p99, {label}")
         axes[0][column].set(title=f"{kind}: throughput", xlabel="concurrent clients", ylabel="requests/s",
                             xscale="log")
+        axes[0][column].set_ylim(bottom=0)
         axes[1][column].set(title=f"{kind}: latency", xlabel="concurrent clients", ylabel="ms", xscale="log",
                             yscale="log")
         for axis in (axes[0][column], axes[1][column]):
