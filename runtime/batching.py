@@ -200,7 +200,7 @@ class DynamicBatcher:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
             pass
 
     async def _loop(self) -> None:
