@@ -173,6 +173,57 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from runtime.server import ServerSettings, create_app
+    except ImportError as exc:
+        raise RuclipTinyError(
+            f"serve needs the serve extra ({exc.name} is missing): pip install 'ruclip-tiny[serve]'"
+        ) from None
+    from runtime.embedder import Embedder
+
+    try:
+        settings = ServerSettings(
+            max_batch=args.max_batch, max_image_batch=args.max_image_batch, max_wait_ms=args.max_wait_ms,
+            batching=not args.no_batching,
+            max_queue_items=args.max_queue_items, max_items=args.max_items, max_image_bytes=args.max_image_bytes,
+            max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
+            decode_workers=args.decode_workers,
+        )
+    except ValueError as exc:
+        raise RuclipTinyError(f"serve: {exc}") from None
+    options = {"intra_op_threads": args.threads} if args.threads else {}
+    embedder = Embedder.load(args.bundle, backend=args.backend, precision=args.precision,
+                             allow_not_deployable=args.allow_not_deployable, **options)
+    print(f"serving {args.bundle}: {embedder.backend.describe()} ({embedder.selection})")
+    if embedder.synthetic:
+        print("SYNTHETIC weights: the embeddings prove the toolchain, they mean nothing (/v1/info says so too)")
+    batching = "off" if args.no_batching else f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms"
+    print(f"dynamic batching: {batching}; http://{args.host}:{args.port} (/readyz turns 200 after warm-up)")
+    uvicorn.run(create_app(embedder, settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from export.triton import write_triton_repository
+
+    models = write_triton_repository(
+        args.bundle, args.out, platform=args.platform, precision=args.precision, max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us, instance_count=args.instances, instance_kind=args.instance_kind,
+        trt_version=args.trt_version, force=args.force, allow_not_deployable=args.allow_not_deployable,
+    )
+    print(f"wrote Triton model repository {args.out} ({args.platform}):")
+    for model in models:
+        print(f"  {model.name}: {', '.join(model.files)}")
+    print(f"start it with: tritonserver --model-repository={Path(args.out).resolve()}  (see {args.out}/README.md)")
+    if models and models[0].synthetic:
+        print("SYNTHETIC weights: the models prove the toolchain, their embeddings mean nothing")
+    return 0
+
+
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"])
@@ -281,6 +332,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=["fp16", "fp32"], default="fp16", help="which ONNX graphs to build from (default fp16)"
     )
     engines.set_defaults(func=_cmd_build_engines)
+
+    serve = commands.add_parser("serve", help="serve embeddings over HTTP with dynamic batching (needs the serve extra)")
+    serve.add_argument("bundle", help="bundle directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"])
+    serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"])
+    serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    serve.add_argument("--max-batch", type=int, default=64, help="most items per backend call (default 64)")
+    serve.add_argument("--max-image-batch", type=int, default=None,
+                       help="most images per backend call (default: --max-batch; on a CPU 1-4 keeps latency down)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="longest a request waits for others to join its batch (default 5)")
+    serve.add_argument("--no-batching", action="store_true", help="run every request as its own backend call")
+    serve.add_argument("--max-queue-items", type=int, default=1024,
+                       help="queued items beyond which requests get 503 + Retry-After (default 1024)")
+    serve.add_argument("--max-items", type=int, default=64, help="texts, images or labels per request (default 64)")
+    serve.add_argument("--max-image-bytes", type=int, default=10 << 20, help="bytes of one encoded image (10 MiB)")
+    serve.add_argument("--max-text-chars", type=int, default=2000, help="characters of one text (default 2000)")
+    serve.add_argument("--max-body-bytes", type=int, default=32 << 20, help="bytes of one request body (32 MiB)")
+    serve.add_argument("--decode-workers", type=int, default=None, help="image decoding threads (min(8, CPUs))")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish on shutdown (default 30)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--allow-not-deployable", action="store_true",
+                       help="serve artifacts whose parity check has not passed")
+    serve.set_defaults(func=_cmd_serve)
+
+    triton = commands.add_parser("triton-repo", help="write a Triton Inference Server model repository from a bundle")
+    triton.add_argument("bundle", help="bundle directory")
+    triton.add_argument("--out", required=True, help="repository directory to create")
+    triton.add_argument("--platform", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    triton.add_argument("--precision", default=None, choices=["fp32", "fp16"],
+                        help="graphs/engines to use (default: fp32 for onnxruntime, fp16 for tensorrt)")
+    triton.add_argument("--max-batch", type=int, default=64, help="max_batch_size of both models (default 64)")
+    triton.add_argument("--max-queue-delay-us", type=int, default=1000,
+                        help="dynamic batching: longest a request waits for a batch, in microseconds (default 1000)")
+    triton.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    triton.add_argument("--instance-kind", default=None, choices=["auto", "gpu", "cpu"],
+                        help="where instances run (default: auto for onnxruntime, gpu for tensorrt)")
+    triton.add_argument("--trt-version", default=None,
+                        help="TensorRT version of the engines to use when the bundle has several")
+    triton.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
+    triton.add_argument("--allow-not-deployable", action="store_true",
+                        help="include artifacts whose parity check has not passed")
+    triton.set_defaults(func=_cmd_triton_repo)
     return parser
 
 

@@ -1,0 +1,422 @@
+"""A Triton Inference Server model repository from a bundle: one model per encoder, configs from ``ruclip_tiny.spec``.
+
+Layout written (``ruclip_tiny_visual`` and ``ruclip_tiny_textual``)::
+
+    REPO/README.md                                  how to start Triton on it and what clients send
+    REPO/ruclip_tiny_visual/config.pbtxt            platform, max_batch_size, I/O, dynamic_batching, instance_group
+    REPO/ruclip_tiny_visual/1/model.onnx            onnxruntime: the bundle's graph of the chosen precision
+    REPO/ruclip_tiny_visual/1/model_sm90.plan       tensorrt: one plan per compute capability, named in
+                                                    cc_model_filenames {key: "9.0" value: "model_sm90.plan"}
+
+Names, data types and dims come from the one I/O description (``spec.ENCODERS``): the batch dimension becomes
+``max_batch_size`` (so it is not listed in ``dims``), other dynamic dimensions are -1. The repository is assembled in
+a staging directory beside ``out`` and renamed into place, so a failed write never leaves a half repository.
+Tokenization and image preprocessing stay on the client; the runtime's are the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ruclip_tiny import spec
+from ruclip_tiny.errors import RuclipTinyError
+from runtime.backends import tensorrt as trt_backend
+from runtime.bundle import Bundle, artifact_key, onnx_file
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+MODEL_PREFIX = "ruclip_tiny_"
+VERSION = "1"
+README = "README.md"
+
+
+class TritonRepoError(RuclipTinyError):
+    """A Triton repository that cannot be written from this bundle (missing engines, mismatched graph, ...)."""
+
+
+def model_name(encoder: str) -> str:
+    """Triton model name of an encoder: ``ruclip_tiny_visual``."""
+    return f"{MODEL_PREFIX}{encoder}"
+
+
+def compute_capability_key(cc: str) -> str:
+    """``cc_model_filenames`` key of an ``sm`` number as Triton writes it (``major.minor``): "90" -> "9.0",
+    "120" -> "12.0"."""
+    if not cc.isdigit() or len(cc) < 2:
+        raise TritonRepoError(f"compute capability {cc!r} is not like 86 or 90 (sm_86, sm_90)")
+    return f"{cc[:-1]}.{cc[-1]}"
+
+
+# --- config.pbtxt ----------------------------------------------------------------------------------------------------
+
+
+class _Enum(str):
+    """A protobuf enum value: written bare (TYPE_FP32), not quoted."""
+
+
+def _scalar(value) -> str:
+    if isinstance(value, _Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _pbtxt(message: dict, indent: int = 0) -> list[str]:
+    """Protobuf text format of a nested dict: dicts are messages, lists of dicts repeated messages, lists of
+    scalars repeated scalars."""
+    pad = "  " * indent
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", *_pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lines.append(f"{pad}{key} [")
+            for index, item in enumerate(value):
+                lines += [f"{pad}  {{", *_pbtxt(item, indent + 2), f"{pad}  }}" + ("," if index < len(value) - 1 else "")]
+            lines.append(f"{pad}]")
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return lines
+
+
+def _tensor_config(tensor: spec.TensorSpec) -> dict:
+    if not tensor.shape or tensor.shape[0] is not spec.BATCH:
+        raise TritonRepoError(f"{tensor.name}: the first dimension must be the batch to use max_batch_size")
+    return {
+        "name": tensor.name,
+        "data_type": _Enum(TRITON_DTYPES[tensor.dtype]),
+        "dims": [-1 if isinstance(dim, spec.Dim) else dim for dim in tensor.shape[1:]],
+    }
+
+
+def model_config(
+    encoder: spec.EncoderSpec,
+    platform: str,
+    max_batch: int,
+    max_queue_delay_us: int = 1000,
+    instance_count: int = 1,
+    instance_kind: str = "auto",
+    default_model_filename: str | None = None,
+    cc_model_filenames: dict[str, str] | None = None,
+) -> str:
+    """The ``config.pbtxt`` text of one encoder. platform: "onnxruntime" or "tensorrt"; cc_model_filenames:
+    ``{"9.0": "model_sm90.plan"}``."""
+    config: dict = {
+        "name": model_name(encoder.name),
+        "platform": PLATFORMS[platform],
+        "max_batch_size": max_batch,
+        "input": [_tensor_config(t) for t in encoder.inputs],
+        "output": [_tensor_config(t) for t in encoder.outputs],
+        "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
+        "instance_group": [{"count": instance_count, "kind": _Enum(INSTANCE_KINDS[instance_kind])}],
+    }
+    if default_model_filename:
+        config["default_model_filename"] = default_model_filename
+    if cc_model_filenames:
+        config["cc_model_filenames"] = [{"key": k, "value": v} for k, v in sorted(cc_model_filenames.items())]
+    return "\n".join(_pbtxt(config)) + "\n"
+
+
+# --- what goes in: graphs and plans -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TritonModel:
+    """One model of the repository: its name, encoder, config text and ``files`` (name in ``1/`` -> source)."""
+
+    name: str
+    encoder: str
+    config: str
+    files: dict[str, Path] = field(default_factory=dict)
+    synthetic: bool = False
+    compute_capabilities: list[str] = field(default_factory=list)
+
+
+def check_onnx_io(path: Path, encoder: spec.EncoderSpec) -> None:
+    """Refuse a graph whose inputs/outputs differ from the spec (names, element types, ranks, fixed dims)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    actual = {
+        "inputs": [v for v in graph.input if v.name not in initializers],
+        "outputs": list(graph.output),
+    }
+    for kind, tensors in (("inputs", encoder.inputs), ("outputs", encoder.outputs)):
+        found = actual[kind]
+        if [v.name for v in found] != [t.name for t in tensors]:
+            raise TritonRepoError(f"{path}: {kind} are {[v.name for v in found]}, the spec says "
+                                  f"{[t.name for t in tensors]}; re-export the bundle")
+        for value, tensor in zip(found, tensors):
+            kind_type = value.type.tensor_type
+            dtype = str(helper.tensor_dtype_to_np_dtype(kind_type.elem_type))
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind_type.shape.dim]
+            want = [-1 if isinstance(d, spec.Dim) else d for d in tensor.shape]
+            if dtype != tensor.dtype or dims != want:
+                raise TritonRepoError(f"{path}: {value.name} is {dtype} {dims}, the spec says {tensor.dtype} {want}; "
+                                      "re-export the bundle")
+
+
+def _check_deployable(bundle: Bundle, label: str, entry: dict | None, allow: bool) -> None:
+    if entry is None or entry.get("deployable", True) is not False:
+        return
+    if not allow:
+        raise TritonRepoError(f"{label} ({entry.get('path')}) is marked not deployable in {bundle.root}/manifest.json "
+                              f"(its parity check has not passed); check it with ruclip-tiny parity {bundle.root}, or "
+                              "pass --allow-not-deployable")
+
+
+def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool) -> list[TritonModel]:
+    models = []
+    for encoder in spec.ENCODERS.values():
+        key = artifact_key(encoder.name, precision)
+        if key not in bundle.artifacts:
+            raise TritonRepoError(f"bundle {bundle.root} has no {key} graph ({onnx_file(encoder.name, precision)}); "
+                                  f"re-export it with: ruclip-tiny export --out {bundle.root} --force")
+        entry = bundle.artifact(key)
+        _check_deployable(bundle, key, entry, allow)
+        bundle.verify_file(key, entry)
+        source = bundle.path(entry["path"])
+        check_onnx_io(source, encoder)
+        config = model_config(encoder, "onnxruntime", default_model_filename="model.onnx", **options)
+        models.append(TritonModel(model_name(encoder.name), encoder.name, config, {"model.onnx": source}))
+    return models
+
+
+def engine_directories(bundle: Bundle) -> dict[str, dict[str, Path]]:
+    """``{trt_version: {cc: engines dir}}`` of ``BUNDLE/engines/<trt-version>_sm<cc>/`` (the tensorrt backend's
+    keying)."""
+    found: dict[str, dict[str, Path]] = {}
+    root = bundle.path(trt_backend.ENGINES_DIR)
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        match = re.fullmatch(r"(.+)_sm(\d+)", directory.name)
+        if directory.is_dir() and match:
+            found.setdefault(match.group(1), {})[match.group(2)] = directory
+    return found
+
+
+def _plan_models(bundle: Bundle, precision: str, trt_version: str | None, options: dict, allow: bool
+                 ) -> list[TritonModel]:
+    build = f"build them with: ruclip-tiny build-engines {bundle.root} (on each GPU model you deploy to)"
+    versions = engine_directories(bundle)
+    if not versions:
+        raise TritonRepoError(f"bundle {bundle.root} has no TensorRT engines ({trt_backend.ENGINES_DIR}/ is empty or "
+                              f"missing); {build}, or write an onnxruntime repository (--platform onnxruntime)")
+    if trt_version is None:
+        if len(versions) > 1:
+            raise TritonRepoError(f"bundle {bundle.root} has engines for TensorRT {', '.join(sorted(versions))}; pick "
+                                  "the one your Triton release ships with --trt-version")
+        trt_version = next(iter(versions))
+    if trt_version not in versions:
+        raise TritonRepoError(f"bundle {bundle.root} has no engines for TensorRT {trt_version} (it has: "
+                              f"{', '.join(sorted(versions))}); {build}")
+    by_path = {entry.get("path"): (key, entry) for key, entry in bundle.artifacts.items()}
+    models = []
+    for encoder in spec.ENCODERS.values():
+        files, cc_names = {}, {}
+        for cc, directory in sorted(versions[trt_version].items()):
+            plan = directory / f"{encoder.name}.{precision}.plan"
+            if not plan.is_file():
+                continue
+            relative = plan.relative_to(bundle.root).as_posix()
+            if relative in by_path:  # the engine builder records plans in the manifest: honour and verify
+                key, entry = by_path[relative]
+                _check_deployable(bundle, key, entry, allow)
+                bundle.verify_file(key, entry)
+            name = f"model_sm{cc}.plan"
+            files[name] = plan
+            cc_names[compute_capability_key(cc)] = name
+        if not files:
+            raise TritonRepoError(f"bundle {bundle.root} has no {precision} {encoder.name} engine for TensorRT "
+                                  f"{trt_version} ({encoder.name}.{precision}.plan in "
+                                  f"{trt_backend.ENGINES_DIR}/{trt_version}_sm*/); {build}")
+        config = model_config(encoder, "tensorrt", cc_model_filenames=cc_names, **options)
+        models.append(TritonModel(model_name(encoder.name), encoder.name, config, files,
+                                  compute_capabilities=sorted(cc_names, key=float)))
+    return models
+
+
+# --- the README inside the repository --------------------------------------------------------------------------------
+
+
+def repository_readme(bundle: Bundle, models: list[TritonModel], platform: str, precision: str, max_batch: int,
+                      synthetic: bool) -> str:
+    inputs = []
+    for model in models:
+        encoder = spec.ENCODERS[model.encoder]
+        for kind, tensors in (("input", encoder.inputs), ("output", encoder.outputs)):
+            for tensor in tensors:
+                shape = ", ".join(str(d.name if isinstance(d, spec.Dim) else d) for d in tensor.shape)
+                inputs.append(f"| {model.name} | {kind} | `{tensor.name}` | {TRITON_DTYPES[tensor.dtype]} | [{shape}] |")
+    plans = ""
+    if platform == "tensorrt":
+        ccs = sorted({cc for model in models for cc in model.compute_capabilities}, key=float)
+        plans = ("\nTensorRT plans run only on the GPU architectures they were built for and only with the TensorRT "
+                 "version of the Triton release they were built with; this repository has plans for compute "
+                 f"capability {', '.join(ccs)}. Build plans for another GPU with "
+                 f"`ruclip-tiny build-engines {bundle.root}` on it and write the repository again.\n")
+    warning = ("\n**SYNTHETIC weights**: this repository was written from a bundle exported from synthetic weights. "
+               "It proves the deployment chain; its embeddings mean nothing.\n" if synthetic else "")
+    return f"""# ruclip-tiny Triton model repository
+
+Written by `ruclip-tiny triton-repo` from `{bundle.root}` ({platform}, {precision}).
+{warning}
+## Start Triton on it
+
+    tritonserver --model-repository=/path/to/this/repository
+
+or in NVIDIA's container (pick the release whose TensorRT/ONNX Runtime fits the models):
+
+    docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
+        -v "$PWD":/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+
+Check: `curl localhost:8000/v2/health/ready` and `curl localhost:8000/v2/models/{models[0].name}/config`.
+{plans}
+## What clients send
+
+Both models batch dynamically (up to {max_batch} rows; `max_batch_size` is the batch dimension, so each request
+sends `[n, ...]` tensors). Their outputs are the raw 768-d features: L2-normalise them on the client before
+comparing (cosine similarity); zero-shot scores are `softmax(logit_scale * cosine)` with the `logit_scale` of the
+bundle's `manifest.json`.
+
+| model | kind | tensor | data type | shape |
+| --- | --- | --- | --- | --- |
+{chr(10).join(inputs)}
+
+Tokenization and image preprocessing stay on the client. The runtime's are the reference, and need no torch:
+
+- images: `ruclip_tiny.transform.load_image` then `ruclip_tiny.transform.image_transform()` give the float32
+  `[3, 224, 224]` pixels of one image (Resize 224 on the short side, centre crop, RGB, ImageNet mean/std);
+- texts: `runtime.tokenizer.FastTokenizer.from_directory("BUNDLE/tokenizer")` and its `encode(texts)` give int64
+  `input_ids` and `attention_mask` `[n, 77]` (texts longer than 77 tokens are cut, as the original model cut them).
+  Send all 77 columns: Triton merges only requests of equal shape into a batch, and the encoder ignores padding.
+
+Example (Python, `pip install tritonclient[http]`):
+
+    import numpy as np, tritonclient.http as http
+    from ruclip_tiny.transform import image_transform, load_image
+    from runtime.tokenizer import FastTokenizer
+
+    client = http.InferenceServerClient("localhost:8000")
+    pixels = np.stack([image_transform()(load_image("cat.jpg"))])
+    tensor = http.InferInput("pixels", list(pixels.shape), "FP32"); tensor.set_data_from_numpy(pixels)
+    image = client.infer("{model_name('visual')}", [tensor]).as_numpy("image_features")
+    tokens = FastTokenizer.from_directory("BUNDLE/tokenizer").encode(["кошка", "собака"])
+    feeds = []
+    for name in ("input_ids", "attention_mask"):
+        array = getattr(tokens, name)
+        feeds.append(http.InferInput(name, list(array.shape), "INT64")); feeds[-1].set_data_from_numpy(array)
+    text = client.infer("{model_name('textual')}", feeds).as_numpy("text_features")
+"""
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+
+
+def write_triton_repository(
+    bundle: str | os.PathLike | Bundle,
+    out: str | os.PathLike,
+    platform: str = "onnxruntime",
+    precision: str | None = None,
+    max_batch: int = 64,
+    max_queue_delay_us: int = 1000,
+    instance_count: int = 1,
+    instance_kind: str | None = None,
+    trt_version: str | None = None,
+    force: bool = False,
+    allow_not_deployable: bool = False,
+) -> list[TritonModel]:
+    """Write the repository for ``bundle`` to ``out`` (atomically); returns its models.
+
+    platform: "onnxruntime" (the bundle's ONNX graphs) or "tensorrt" (its ``engines/<trt>_sm<cc>/`` plans, one per
+    compute capability). precision: "fp32"/"fp16" (default fp32 for onnxruntime, fp16 for tensorrt).
+    instance_kind: "auto", "gpu", "cpu" (default auto for onnxruntime, gpu for tensorrt). An existing non-empty
+    ``out`` is replaced only with ``force``, and only once the new repository is complete.
+    """
+    if platform not in PLATFORMS:
+        raise TritonRepoError(f"unknown platform {platform!r}; choose one of: {', '.join(PLATFORMS)}")
+    precision = precision or DEFAULT_PRECISION[platform]
+    if precision not in ("fp32", "fp16"):
+        raise TritonRepoError(f"unknown precision {precision!r}; choose fp32 or fp16")
+    instance_kind = instance_kind or ("gpu" if platform == "tensorrt" else "auto")
+    if instance_kind not in INSTANCE_KINDS:
+        raise TritonRepoError(f"unknown instance kind {instance_kind!r}; choose one of: {', '.join(INSTANCE_KINDS)}")
+    if platform == "tensorrt" and instance_kind == "cpu":
+        raise TritonRepoError("TensorRT plans run on GPUs only: use --instance-kind gpu (or auto)")
+    for name, value in (("max_batch", max_batch), ("instance_count", instance_count)):
+        if not isinstance(value, int) or value < 1:
+            raise TritonRepoError(f"{name} must be a positive integer, got {value!r}")
+    if max_queue_delay_us < 0:
+        raise TritonRepoError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise TritonRepoError(f"{out} exists and is not empty; pass --force to replace it (the old one is removed only "
+                              "once the new repository is complete)")
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    options = dict(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instance_count=instance_count,
+                   instance_kind=instance_kind)
+    if platform == "onnxruntime":
+        models = _onnx_models(bundle, precision, options, allow_not_deployable)
+    else:
+        models = _plan_models(bundle, precision, trt_version, options, allow_not_deployable)
+    manifest = bundle.manifest
+    synthetic = bool(manifest.get("synthetic", (manifest.get("checkpoint") or {}).get("synthetic", False)))
+    for model in models:
+        model.synthetic = synthetic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    try:
+        for model in models:
+            version_dir = staging / model.name / VERSION
+            version_dir.mkdir(parents=True)
+            (staging / model.name / "config.pbtxt").write_text(model.config, encoding="utf-8")
+            for name, source in model.files.items():
+                shutil.copyfile(source, version_dir / name)
+        (staging / README).write_text(
+            repository_readme(bundle, models, platform, precision, max_batch, synthetic), encoding="utf-8"
+        )
+        for path in [staging, *staging.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # a serving container reads it as another user
+        _replace_directory(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return models
+
+
+def _replace_directory(new: Path, out: Path) -> None:
+    """Rename ``new`` onto ``out``; an existing ``out`` is moved aside first and removed after."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)  # put the old repository back
+        raise
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

@@ -1,0 +1,311 @@
+"""Load benchmark of ``ruclip-tiny serve`` on loopback: throughput and latency vs concurrency, batching on vs off.
+
+Starts two servers on 127.0.0.1 from the same bundle, one with dynamic batching (``--max-batch``,
+``--max-wait-ms``) and one with ``--no-batching``, and drives them in turn with closed-loop clients (each sends its
+next request when the previous one is answered) at each concurrency, for text requests (one short caption each) and
+image requests (one JPEG each). The two modes are measured interleaved, point by point, so a change in the machine's
+load hits both alike. Per point: a warm-up that is not counted, then a fixed window in which completed requests are
+counted; throughput, p50 and p99 latency, and the mean backend batch from the server's own /metrics.
+
+    python scripts/load_bench.py bundle --out docs            # writes load_bench.json and bench-serve.png
+
+Bounded: about (warmup + duration) x 2 modes x concurrencies per kind; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = [
+    "кошка спит на диване", "рыжая собака бежит по пляжу", "чашка кофе на деревянном столе", "ракета на старте",
+    "астронавт в открытом космосе", "старые монеты на ладони", "спиральная галактика", "дети играют в парке",
+    "красный автомобиль у дома", "горы под снегом на закате", "букет полевых цветов", "город ночью с высоты",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def start_server(bundle: str, port: int, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ruclip_tiny.cli", "serve", bundle, "--port", str(port),
+               "--log-level", "warning", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+
+
+def batch_stats(url: str, kind: str) -> tuple[float, float]:
+    """(sum of items, number of backend calls) for ``kind`` from the server's /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("ruclip_tiny_batch_items_sum", "ruclip_tiny_batch_items_count") and \
+                    sample.labels.get("kind") == kind:
+                values[sample.name] = sample.value
+    return values.get("ruclip_tiny_batch_items_sum", 0.0), values.get("ruclip_tiny_batch_items_count", 0.0)
+
+
+async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warmup_s: float, duration_s: float
+                ) -> dict:
+    """Closed-loop clients for warmup + duration; throughput and latencies of the requests that finish inside the
+    window (a slow image request may have started during the warm-up).
+
+    The client is aiohttp: on two cores httpx's async client tops out near 130 requests/s and slows down with more
+    connections, which would measure the client instead of the server.
+    """
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    window_start, window_end = start + warmup_s, start + warmup_s + duration_s
+    headers = {"content-type": "application/json"}
+
+    async def client(index: int, session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        turn = index
+        while loop.time() < window_end:
+            body = bodies[turn % len(bodies)]
+            turn += concurrency
+            sent = loop.time()
+            try:
+                async with session.post(path, data=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            done = loop.time()
+            if window_start <= done <= window_end:
+                if ok:
+                    latencies.append(done - sent)
+                else:
+                    errors += 1
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as session:
+        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+    values = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / duration_s,
+        "p50_ms": float(np.percentile(values, 50)) if len(values) else None,
+        "p99_ms": float(np.percentile(values, 99)) if len(values) else None,
+    }
+
+
+def summarise(points: list[dict]) -> dict:
+    """One figure per mode from repeated runs: medians of throughput, p50, p99 and mean batch; counts summed."""
+
+    def median(key):
+        values = [p[key] for p in points if p[key] is not None]
+        return float(np.median(values)) if values else None
+
+    return {"throughput_rps": median("throughput_rps"), "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
+            "mean_batch": median("mean_batch"), "requests": sum(p["requests"] for p in points),
+            "errors": sum(p["errors"] for p in points), "loadavg_1m": median("loadavg_1m"), "runs": points}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install 'ruclip-tiny[plots]')")
+        return
+    kinds = sorted({r["kind"] for r in results}, reverse=True)
+    figure, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 8), squeeze=False)
+    for column, kind in enumerate(kinds):
+        for batching, color in ((True, "tab:blue"), (False, "tab:orange")):
+            rows = sorted((r for r in results if r["kind"] == kind and r["batching"] == batching),
+                          key=lambda r: r["concurrency"])
+            label = "batching on" if batching else "batching off"
+            conc = [r["concurrency"] for r in rows]
+            axes[0][column].plot(conc, [r["throughput_rps"] for r in rows], "o-", color=color, label=label)
+            axes[1][column].plot(conc, [r["p50_ms"] for r in rows], "o-", color=color, label=f"p50, {label}")
+            axes[1][column].plot(conc, [r["p99_ms"] for r in rows], "x--", color=color, label=f"p99, {label}")
+        axes[0][column].set(title=f"{kind}: throughput", xlabel="concurrent clients", ylabel="requests/s",
+                            xscale="log")
+        axes[0][column].set_ylim(bottom=0)
+        axes[1][column].set(title=f"{kind}: latency", xlabel="concurrent clients", ylabel="ms", xscale="log",
+                            yscale="log")
+        for axis in (axes[0][column], axes[1][column]):
+            axis.set_xticks([r["concurrency"] for r in results if r["kind"] == kind])
+            axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=8)
+    figure.suptitle("ruclip-tiny serve on loopback: one caption or one JPEG per request")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| kind | clients | on: req/s | off: req/s | speed-up | on: p50 / p99 | off: p50 / p99 | "
+             "on: mean batch | requests counted (on / off) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in sorted({r["kind"] for r in results}, reverse=True):
+        for conc in sorted({r["concurrency"] for r in results if r["kind"] == kind}):
+            on = next(r for r in results if r["kind"] == kind and r["concurrency"] == conc and r["batching"])
+            off = next(r for r in results if r["kind"] == kind and r["concurrency"] == conc and not r["batching"])
+            ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")
+            lines.append(
+                f"| {kind} | {conc} | {on['throughput_rps']:.1f} | {off['throughput_rps']:.1f} | {ratio:.2f}× | "
+                f"{_ms(on['p50_ms'])} / {_ms(on['p99_ms'])} | {_ms(off['p50_ms'])} / {_ms(off['p99_ms'])} | "
+                f"{on['mean_batch']:.1f} | {on['requests']} / {off['requests']} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", help="bundle directory")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--kinds", default="text,image")
+    parser.add_argument("--text-seconds", type=float, default=3.0, help="measured window per text point")
+    parser.add_argument("--image-seconds", type=float, default=10.0, help="measured window per image point")
+    parser.add_argument("--warmup-seconds", type=float, default=1.0, help="uncounted start of every text point")
+    parser.add_argument("--image-warmup-seconds", type=float, default=3.0, help="uncounted start of every image point")
+    parser.add_argument("--image-seconds-per-client", type=float, default=0.4,
+                        help="image windows grow to this x clients (warm-up to half of it), so that a point at 64 "
+                        "clients still counts many completed requests (an image takes ~0.1-0.3 s on a CPU core)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every point this many times, modes alternating; report medians")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-image-batch", type=int, default=None, help="serve --max-image-batch (batching on)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="ONNX Runtime intra-op threads of each server (default 1: on 2 cores a second, spinning "
+                        "pool thread competes with the event loop and the clients)")
+    parser.add_argument("--out", default="docs", help="directory for load_bench.json and bench-serve.png")
+    args = parser.parse_args(argv)
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    kinds = args.kinds.split(",")
+    photos = sorted((ROOT / "ruclip_tiny" / "assets" / "demo").glob("*.jpg"))
+    image_bodies = [json.dumps({"images": [base64.b64encode(p.read_bytes()).decode()]}).encode() for p in photos]
+    text_bodies = [json.dumps({"texts": [caption]}, ensure_ascii=False).encode() for caption in CAPTIONS]
+    work = {"text": ("/v1/embeddings/text", text_bodies, args.warmup_seconds, args.text_seconds),
+            "image": ("/v1/embeddings/image", image_bodies, args.image_warmup_seconds, args.image_seconds)}
+
+    common = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+              "--max-queue-items", "4096"] + (["--threads", str(args.threads)] if args.threads else [])
+    ports = {True: free_port(), False: free_port()}
+    image_batch = ["--max-image-batch", str(args.max_image_batch)] if args.max_image_batch else []
+    servers = {True: start_server(args.bundle, ports[True], common + image_batch),
+               False: start_server(args.bundle, ports[False], common + ["--no-batching"])}
+    urls = {mode: f"http://127.0.0.1:{port}" for mode, port in ports.items()}
+    load_before = os.getloadavg()
+    started = time.time()
+    results = []
+    try:
+        for mode in (True, False):
+            wait_ready(urls[mode], servers[mode])
+        for kind in kinds:
+            path, bodies, base_warmup, base_seconds = work[kind]
+            for index, concurrency in enumerate(concurrencies):
+                warmup, seconds = base_warmup, base_seconds
+                if kind == "image":
+                    seconds = max(base_seconds, concurrency * args.image_seconds_per_client)
+                    warmup = max(base_warmup, seconds / 2)
+                runs: dict[bool, list[dict]] = {True: [], False: []}
+                for repeat in range(args.repeats):
+                    # alternate which mode goes first, so a drift in machine load does not favour one
+                    for batching in ((True, False) if (index + repeat) % 2 == 0 else (False, True)):
+                        items_before, calls_before = batch_stats(urls[batching], kind)
+                        point = asyncio.run(drive(urls[batching], path, bodies, concurrency, warmup, seconds))
+                        items_after, calls_after = batch_stats(urls[batching], kind)
+                        calls = calls_after - calls_before
+                        point.update(mean_batch=(items_after - items_before) / calls if calls else 0.0,
+                                     loadavg_1m=os.getloadavg()[0])
+                        runs[batching].append(point)
+                        print(f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'} "
+                              f"{point['throughput_rps']:7.1f} req/s  p50 {_ms(point['p50_ms'])}  "
+                              f"p99 {_ms(point['p99_ms'])}  mean batch {point['mean_batch']:.1f}  "
+                              f"errors {point['errors']}  load {point['loadavg_1m']:.1f}", flush=True)
+                for batching, points in runs.items():
+                    results.append(summarise(points) | dict(kind=kind, batching=batching, concurrency=concurrency,
+                                                            window_s=seconds))
+    finally:
+        for process in servers.values():
+            process.terminate()
+        for process in servers.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "seconds": time.time() - started,
+        "settings": {"max_batch": args.max_batch, "max_image_batch": args.max_image_batch,
+                     "max_wait_ms": args.max_wait_ms,
+                     "text_seconds": args.text_seconds, "image_seconds": args.image_seconds,
+                     "warmup_seconds": args.warmup_seconds, "image_warmup_seconds": args.image_warmup_seconds,
+                     "image_seconds_per_client": args.image_seconds_per_client, "repeats": args.repeats},
+        "results": results,
+    }
+    (out / "load_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, out / "bench-serve.png")
+    print(markdown(results))
+    print(f"load average before {load_before}, after {report['loadavg_after']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

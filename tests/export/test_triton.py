@@ -1,0 +1,212 @@
+"""``ruclip-tiny triton-repo``: every config.pbtxt parsed with Triton's own protobuf schema and checked against the
+real I/O of the model files it points to; TensorRT plans per compute capability; atomic, refusing writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (pip install -e '.[dev]')"
+)
+
+from export.triton import (  # noqa: E402
+    TritonRepoError,
+    check_onnx_io,
+    compute_capability_key,
+    model_config,
+    write_triton_repository,
+)
+from ruclip_tiny import spec  # noqa: E402
+from ruclip_tiny.cli import main  # noqa: E402
+from ruclip_tiny.fileio import file_sha256  # noqa: E402
+from runtime.bundle import BundleError  # noqa: E402
+from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
+
+ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16"}
+NP_TO_TRITON = {np.dtype("float32"): "TYPE_FP32", np.dtype("int64"): "TYPE_INT64"}
+
+
+def parse_config(path: Path):
+    """config.pbtxt as Triton reads it (text_format.Parse rejects unknown fields and bad enum values)."""
+    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def triton_io(tensors) -> list[tuple[str, str, list[int]]]:
+    return [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
+
+
+def ort_io(nodes, max_batch: int) -> list[tuple[str, str, list[int]]]:
+    """(name, Triton type, dims without the batch axis, -1 where dynamic) of ONNX Runtime session inputs/outputs."""
+    rows = []
+    for node in nodes:
+        assert not isinstance(node.shape[0], int), f"{node.name}: the batch axis must be dynamic for max_batch_size"
+        rows.append((node.name, ORT_TO_TRITON[node.type], [d if isinstance(d, int) else -1 for d in node.shape[1:]]))
+    return rows
+
+
+@pytest.fixture
+def fake_bundle(tmp_path) -> Path:
+    return build_fake_bundle(tmp_path / "bundle")
+
+
+def fake_engines(bundle: Path, engines: dict[str, list[str]], precision: str = "fp16") -> None:
+    """Placeholder plans under ``engines/<trt>_sm<cc>/``: the writer copies plans and never reads their content."""
+    for trt_version, capabilities in engines.items():
+        for cc in capabilities:
+            directory = bundle / "engines" / f"{trt_version}_sm{cc}"
+            directory.mkdir(parents=True, exist_ok=True)
+            for encoder in spec.ENCODERS:
+                (directory / f"{encoder}.{precision}.plan").write_bytes(f"fake plan {encoder} sm{cc}".encode())
+
+
+def test_onnxruntime_repository_configs_parse_with_tritons_schema_and_match_the_graphs(exported_bundle, tmp_path):
+    out = tmp_path / "repo"
+    models = write_triton_repository(exported_bundle, out, max_batch=32, max_queue_delay_us=500, instance_count=2)
+    assert [m.name for m in models] == ["ruclip_tiny_visual", "ruclip_tiny_textual"]
+    manifest = json.loads((exported_bundle / "manifest.json").read_text())
+    for model in models:
+        config = parse_config(out / model.name / "config.pbtxt")
+        assert config.name == model.name and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 32
+        assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+        graph = out / model.name / "1" / "model.onnx"
+        assert config.default_model_filename == "model.onnx" and graph.is_file()
+        # the graph is the bundle's, byte for byte
+        assert file_sha256(graph) == manifest["artifacts"][f"{model.encoder}.fp32"]["sha256"]
+        # the config is the graph's real I/O (as ONNX Runtime and onnx see it)
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        assert triton_io(config.input) == ort_io(session.get_inputs(), 32)
+        assert triton_io(config.output) == ort_io(session.get_outputs(), 32)
+        loaded = onnx.load(str(graph), load_external_data=False).graph
+        assert [t.name for t in config.input] == [v.name for v in loaded.input]
+        # and what spec.py says
+        encoder = spec.ENCODERS[model.encoder]
+        assert [(t.name, t.data_type) for t in config.input] == [
+            (t.name, model_config_pb2.DataType.Value(NP_TO_TRITON[np.dtype(t.dtype)])) for t in encoder.inputs]
+    readme = (out / "README.md").read_text()
+    assert "tritonserver --model-repository" in readme and "SYNTHETIC" in readme
+    for name in ("pixels", "input_ids", "attention_mask", "image_features", "text_features", "ruclip_tiny_textual"):
+        assert name in readme
+    assert not list(tmp_path.glob(".repo.*")), "staging directories left behind"
+
+
+def test_an_existing_repository_is_replaced_only_with_force_and_only_once_complete(fake_bundle, tmp_path):
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "old-model").mkdir()
+    (out / "old-model" / "config.pbtxt").write_text("old")
+    with pytest.raises(TritonRepoError, match="--force"):
+        write_triton_repository(fake_bundle, out)
+    assert (out / "old-model" / "config.pbtxt").read_text() == "old"
+
+    with pytest.raises(TritonRepoError, match="build-engines"):  # fails before anything is replaced
+        write_triton_repository(fake_bundle, out, platform="tensorrt", force=True)
+    assert (out / "old-model" / "config.pbtxt").read_text() == "old"
+
+    write_triton_repository(fake_bundle, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ruclip_tiny_textual", "ruclip_tiny_visual"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "repo"], "staging or old copies left behind"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_triton_repository(fake_bundle, empty)  # an empty directory needs no --force
+    assert (empty / "ruclip_tiny_visual" / "1" / "model.onnx").is_file()
+
+
+def test_tensorrt_without_engines_says_to_build_them(fake_bundle, tmp_path, capsys):
+    with pytest.raises(TritonRepoError, match=r"ruclip-tiny build-engines"):
+        write_triton_repository(fake_bundle, tmp_path / "repo", platform="tensorrt")
+    assert not (tmp_path / "repo").exists()
+    assert main(["triton-repo", str(fake_bundle), "--out", str(tmp_path / "repo"), "--platform", "tensorrt"]) == 2
+    assert "ruclip-tiny build-engines" in capsys.readouterr().err
+
+
+def test_tensorrt_repository_lists_one_plan_per_compute_capability(fake_bundle, tmp_path):
+    # The plans here are placeholders: config generation copies them and never reads their content.
+    fake_engines(fake_bundle, {"10.9.0": ["86", "90", "120"]})
+    out = tmp_path / "repo"
+    models = write_triton_repository(fake_bundle, out, platform="tensorrt", max_batch=16)
+    for model in models:
+        config = parse_config(out / model.name / "config.pbtxt")
+        assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
+        assert dict(config.cc_model_filenames) == {"8.6": "model_sm86.plan", "9.0": "model_sm90.plan",
+                                                   "12.0": "model_sm120.plan"}
+        for cc, name in config.cc_model_filenames.items():
+            plan = out / model.name / "1" / name
+            assert plan.read_bytes() == f"fake plan {model.encoder} sm{cc.replace('.', '')}".encode()
+        assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+        # a plan is built from the fp16 graph, whose I/O is the engine's: check the config against that graph
+        session = ort.InferenceSession(str(fake_bundle / f"{model.encoder}.fp16.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        assert triton_io(config.input) == ort_io(session.get_inputs(), 16)
+        assert triton_io(config.output) == ort_io(session.get_outputs(), 16)
+    assert "8.6, 9.0, 12.0" in (out / "README.md").read_text()
+
+
+def test_tensorrt_with_several_versions_needs_trt_version(fake_bundle, tmp_path):
+    fake_engines(fake_bundle, {"10.9.0": ["86"], "11.1.0": ["90"]})
+    with pytest.raises(TritonRepoError, match="--trt-version"):
+        write_triton_repository(fake_bundle, tmp_path / "a", platform="tensorrt")
+    models = write_triton_repository(fake_bundle, tmp_path / "b", platform="tensorrt", trt_version="11.1.0")
+    assert dict(parse_config(tmp_path / "b" / models[0].name / "config.pbtxt").cc_model_filenames) == {
+        "9.0": "model_sm90.plan"}
+    with pytest.raises(TritonRepoError, match="no engines for TensorRT 9.0"):
+        write_triton_repository(fake_bundle, tmp_path / "c", platform="tensorrt", trt_version="9.0")
+
+
+def test_artifacts_not_deployable_or_changed_are_refused(fake_bundle, tmp_path):
+    manifest_path = fake_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"]["textual.fp32"]["deployable"] = False
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(TritonRepoError, match="not deployable"):
+        write_triton_repository(fake_bundle, tmp_path / "a")
+    write_triton_repository(fake_bundle, tmp_path / "b", allow_not_deployable=True)
+
+    graph = fake_bundle / "visual.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        write_triton_repository(fake_bundle, tmp_path / "c", allow_not_deployable=True)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_graph_whose_io_differs_from_the_spec_is_refused(fake_bundle, tmp_path):
+    model = onnx.load(str(fake_bundle / "textual.onnx"))
+    model.graph.input[0].name = "ids"
+    for node in model.graph.node:
+        node.input[:] = ["ids" if name == "input_ids" else name for name in node.input]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(TritonRepoError, match=r"inputs are \['ids', 'attention_mask'\]"):
+        check_onnx_io(path, spec.TEXTUAL)
+    check_onnx_io(fake_bundle / "textual.onnx", spec.TEXTUAL)
+
+
+def test_configs_for_other_settings_still_parse(tmp_path):
+    for kind in ("auto", "gpu", "cpu"):
+        text = model_config(spec.VISUAL, "onnxruntime", max_batch=1, instance_kind=kind, max_queue_delay_us=0)
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        assert list(config.input[0].dims) == [3, 224, 224] and list(config.output[0].dims) == [768]
+    assert compute_capability_key("75") == "7.5" and compute_capability_key("100") == "10.0"
+    with pytest.raises(TritonRepoError):
+        compute_capability_key("sm_90")
+
+
+def test_cli_writes_the_repository(fake_bundle, tmp_path, capsys):
+    out = tmp_path / "repo"
+    assert main(["triton-repo", str(fake_bundle), "--out", str(out), "--max-batch", "8", "--precision", "fp16"]) == 0
+    printed = capsys.readouterr().out
+    assert "ruclip_tiny_visual" in printed and "tritonserver --model-repository" in printed
+    config = parse_config(out / "ruclip_tiny_textual" / "config.pbtxt")
+    assert config.max_batch_size == 8
+    assert file_sha256(out / "ruclip_tiny_textual" / "1" / "model.onnx") == file_sha256(
+        fake_bundle / "textual.fp16.onnx")
+    shutil.rmtree(out)
