@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default=None, help="directory for bench.json and bench.png")
     bench.add_argument("--quick", action="store_true", help="few repeats, batch sizes 1 and 8, 8 JPEGs end to end")
+    bench.add_argument(
+        "--rounds", type=int, default=1, help="repeat the whole run; figures are medians over rounds (default 1)"
+    )
     bench.set_defaults(func=_cmd_bench)
 
     engines = commands.add_parser(

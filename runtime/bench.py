@@ -459,14 +459,55 @@ def run_bench(
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     report["machine"]["load_average_1m_end"] = _load_average()
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / BENCH_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        report["files"] = {"json": str(out / BENCH_JSON)}
-        plot = plot_latency(report, out / BENCH_PLOT)
-        if plot is not None:
-            report["files"]["plot"] = str(plot)
+        write_report(report, out_dir)
     return report
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
+    """``bench.json`` and ``bench.png`` (when matplotlib is installed) in ``out_dir``; sets ``report["files"]``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report["files"] = {"json": str(out / BENCH_JSON)}
+    plot = plot_latency(report, out / BENCH_PLOT)
+    if plot is not None:
+        report["files"]["plot"] = str(plot)
+    (out / BENCH_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["workload"], row.get("images"), row["pipeline"], row["backend"], row["precision"], row["batch_size"])
+
+
+def combine_rounds(reports: Sequence[dict]) -> dict:
+    """One report from several complete runs of the same configuration: every figure is the median over the rounds
+    (a ratio is the median of each round's own ratio, so a round's baseline and runtime stay paired), with
+    ``rounds`` and the ratio range kept beside it. On a shared machine the load drifts between configurations of
+    one run; the median over rounds is what is left when that drift is not systematic."""
+    if len(reports) == 1:
+        return reports[0]
+    combined = json.loads(json.dumps(reports[0]))
+    for section in ("rows", "end_to_end"):
+        by_key: dict[tuple, list[dict]] = {}
+        for report in reports:
+            for row in report[section]:
+                by_key.setdefault(_row_key(row), []).append(row)
+        for row in combined[section]:
+            rounds = by_key[_row_key(row)]
+            for name in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "images_per_s",
+                         "baseline_p50_ms", "unfused_p50_ms", "fused_speedup"):
+                values = [r[name] for r in rounds if r.get(name) is not None]
+                if values:
+                    row[name] = float(np.median(values))
+            ratios = [r["ratio_vs_baseline"] for r in rounds if r.get("ratio_vs_baseline") is not None]
+            if ratios:
+                row["ratio_vs_baseline"] = float(np.median(ratios))
+                row["ratio_range"] = [float(min(ratios)), float(max(ratios))]
+            row["rounds"] = len(rounds)
+    combined["rounds"] = len(reports)
+    combined["elapsed_s"] = round(sum(r["elapsed_s"] for r in reports), 1)
+    combined["machine"]["load_average_1m_end"] = reports[-1]["machine"]["load_average_1m_end"]
+    return combined
 
 
 def _without_fused_attention(backend, measure_call: Callable[[], Timing]) -> Timing | None:
@@ -596,23 +637,21 @@ def bench_command(args) -> int:
     text_batch_sizes = parse_batch_sizes(text_sizes, "--text-batch-sizes") if text_sizes else None
     if args.threads is not None and args.threads < 1:
         raise BenchError(f"--threads must be at least 1, got {args.threads}")
+    rounds = int(getattr(args, "rounds", 1) or 1)
+    if rounds < 1:
+        raise BenchError(f"--rounds must be at least 1, got {rounds}")
     print(f"ruclip-tiny bench {args.bundle}{' (quick)' if quick else ''}", file=sys.stderr)
-    report = run_bench(
-        args.bundle,
-        backends=backends,
-        precisions=precisions,
-        batch_sizes=batch_sizes,
-        text_batch_sizes=text_batch_sizes,
-        repeats=QUICK_REPEATS if quick else DEFAULT_REPEATS,
-        warmup=QUICK_WARMUP if quick else DEFAULT_WARMUP,
-        out_dir=args.out,
-        threads=args.threads,
-        end_to_end_images=QUICK_END_TO_END_IMAGES if quick else DEFAULT_END_TO_END_IMAGES,
-        time_budget_s=0.5 if quick else DEFAULT_TIME_BUDGET_S,
-        progress=lambda message: print(f"  {message}", file=sys.stderr),
-    )
+    reports = []
+    for round_index in range(rounds):
+        if rounds > 1:
+            print(f"  round {round_index + 1} of {rounds}", file=sys.stderr)
+        reports.append(_run_from_args(args, quick, backends, precisions, batch_sizes, text_batch_sizes))
+    report = combine_rounds(reports)
+    if args.out is not None:
+        write_report(report, args.out)
     machine = report["machine"]
-    print(f"{machine['cpu_model']}, {machine['threads']} threads; {report['date']}")
+    rounds_note = f"; median of {rounds} rounds" if rounds > 1 else ""
+    print(f"{machine['cpu_model']}, {machine['threads']} threads; {report['date']}{rounds_note}")
     if not report["baseline"]["available"]:
         print(f"no baseline: {report['baseline']['reason']}")
     print(format_table(report))
@@ -621,3 +660,19 @@ def bench_command(args) -> int:
     if report.get("files"):
         print("wrote " + ", ".join(report["files"].values()))
     return 0
+
+
+def _run_from_args(args, quick: bool, backends, precisions, batch_sizes, text_batch_sizes) -> dict:
+    return run_bench(
+        args.bundle,
+        backends=backends,
+        precisions=precisions,
+        batch_sizes=batch_sizes,
+        text_batch_sizes=text_batch_sizes,
+        repeats=QUICK_REPEATS if quick else DEFAULT_REPEATS,
+        warmup=QUICK_WARMUP if quick else DEFAULT_WARMUP,
+        threads=args.threads,
+        end_to_end_images=QUICK_END_TO_END_IMAGES if quick else DEFAULT_END_TO_END_IMAGES,
+        time_budget_s=0.5 if quick else DEFAULT_TIME_BUDGET_S,
+        progress=lambda message: print(f"  {message}", file=sys.stderr),
+    )

@@ -107,3 +107,24 @@ def test_table_says_no_baseline_when_there_is_none():
            "batch_size": 1, "p50_ms": 2.0, "p90_ms": 3.0, "p99_ms": 4.0, "throughput_per_s": 500.0,
            "ratio_vs_baseline": None}
     assert "no baseline" in format_table({"rows": [row], "end_to_end": []}).splitlines()[1]
+
+
+def test_rounds_combine_as_medians_of_each_rounds_own_ratio():
+    from runtime.bench import combine_rounds
+
+    def report(baseline_ms: float, runtime_ms: float, load: float) -> dict:
+        rows = [
+            {"workload": "image", "pipeline": "baseline", "backend": "torch-eager", "precision": "fp32",
+             "batch_size": 8, "p50_ms": baseline_ms, "ratio_vs_baseline": 1.0},
+            {"workload": "image", "pipeline": "runtime", "backend": "onnxruntime", "precision": "fp32",
+             "batch_size": 8, "p50_ms": runtime_ms, "ratio_vs_baseline": baseline_ms / runtime_ms},
+        ]
+        return {"rows": rows, "end_to_end": [], "elapsed_s": 10.0, "machine": {"load_average_1m_end": load}}
+
+    # the middle round ran on a busy machine: both sides slowed, its ratio is still paired
+    combined = combine_rounds([report(100, 80, 0.1), report(300, 150, 3.0), report(110, 85, 0.2)])
+    runtime = combined["rows"][1]
+    assert runtime["p50_ms"] == 85 and runtime["rounds"] == 3
+    assert runtime["ratio_vs_baseline"] == pytest.approx(110 / 85)  # median of 1.25, 2.0, 1.294
+    assert runtime["ratio_range"] == [pytest.approx(1.25), pytest.approx(2.0)]
+    assert combined["rounds"] == 3 and combined["elapsed_s"] == 30 and combined["machine"]["load_average_1m_end"] == 0.2
