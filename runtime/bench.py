@@ -476,7 +476,8 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
 
 
 def _row_key(row: dict) -> tuple:
-    return (row["workload"], row.get("images"), row["pipeline"], row["backend"], row["precision"], row["batch_size"])
+    # end-to-end rows have no workload but a number of images
+    return tuple(row.get(name) for name in ("workload", "images", "pipeline", "backend", "precision", "batch_size"))
 
 
 def combine_rounds(reports: Sequence[dict]) -> dict:

@@ -119,7 +119,9 @@ def test_rounds_combine_as_medians_of_each_rounds_own_ratio():
             {"workload": "image", "pipeline": "runtime", "backend": "onnxruntime", "precision": "fp32",
              "batch_size": 8, "p50_ms": runtime_ms, "ratio_vs_baseline": baseline_ms / runtime_ms},
         ]
-        return {"rows": rows, "end_to_end": [], "elapsed_s": 10.0, "machine": {"load_average_1m_end": load}}
+        end_to_end = [{"images": 64, "pipeline": "runtime", "backend": "onnxruntime", "precision": "fp32",
+                       "batch_size": 32, "images_per_s": 640 / runtime_ms, "ratio_vs_baseline": baseline_ms / runtime_ms}]
+        return {"rows": rows, "end_to_end": end_to_end, "elapsed_s": 10.0, "machine": {"load_average_1m_end": load}}
 
     # the middle round ran on a busy machine: both sides slowed, its ratio is still paired
     combined = combine_rounds([report(100, 80, 0.1), report(300, 150, 3.0), report(110, 85, 0.2)])
@@ -127,4 +129,6 @@ def test_rounds_combine_as_medians_of_each_rounds_own_ratio():
     assert runtime["p50_ms"] == 85 and runtime["rounds"] == 3
     assert runtime["ratio_vs_baseline"] == pytest.approx(110 / 85)  # median of 1.25, 2.0, 1.294
     assert runtime["ratio_range"] == [pytest.approx(1.25), pytest.approx(2.0)]
+    assert combined["end_to_end"][0]["images_per_s"] == pytest.approx(640 / 85)
+    assert combined["end_to_end"][0]["ratio_vs_baseline"] == pytest.approx(110 / 85)
     assert combined["rounds"] == 3 and combined["elapsed_s"] == 30 and combined["machine"]["load_average_1m_end"] == 0.2
