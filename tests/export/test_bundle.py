@@ -23,7 +23,8 @@ def test_manifest_describes_every_artifact_and_they_verify(exported_bundle):
     assert manifest["synthetic"] is True
     assert manifest["checkpoint"] == {"source": "synthetic", "synthetic": True, "seed": 0, "sha256": None}
     assert manifest["embedding_dim"] == 768 and manifest["tokenizer"]["demo_vocabulary"] is True
-    assert set(manifest["artifacts"]) == {"reference", "visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16"}
+    graphs = {"visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16", "textual.fp32.fused"}
+    assert set(manifest["artifacts"]) == {"reference", *graphs}
     textual = manifest["artifacts"]["textual.fp16"]
     assert textual["path"] == "textual.fp16.onnx" and textual["inputs"][0]["shape"] == ["batch", "seq"]
     assert textual["dims"]["seq"] == {"min": 1, "max": 77}
@@ -41,7 +42,7 @@ def test_force_replaced_the_old_directory_with_a_complete_bundle(exported_bundle
 
 def test_every_graph_passed_parity_and_is_deployable(exported_bundle):
     manifest = Bundle.load(exported_bundle).manifest
-    for key in ("visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16"):
+    for key in ("visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16", "textual.fp32.fused"):
         assert manifest["artifacts"][key]["deployable"] is True, key
         assert manifest["parity"][key]["passed"] is True, key
     assert (exported_bundle / "parity" / "report.json").is_file()
