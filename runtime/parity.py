@@ -433,9 +433,8 @@ def _backend_runs(
         bundle.verify(plan.artifacts)
         opened = plan.open(bundle)
     except (BundleError, BackendError) as exc:
-        name = backend if backend != "auto" else "auto"
         return [
-            EncoderRun(result_key(name, e.name, precision), e, None, {"backend": name}, str(exc))
+            EncoderRun(result_key(backend, e.name, precision), e, None, {"backend": backend}, str(exc))
             for e in (spec.VISUAL, spec.TEXTUAL)
         ], None
     runs = []
