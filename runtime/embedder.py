@@ -111,7 +111,7 @@ def _image_of(item: object, label: str) -> Image.Image:
     )
 
 
-def _preprocess_item(transform, index: int, item: object) -> np.ndarray | ImageItemError:
+def preprocess_item(transform, index: int, item: object) -> np.ndarray | ImageItemError:
     """float32 [3, 224, 224] for one item, or the ImageItemError saying why not (returned, so a batch collects them)."""
     label = item_label(item)
     try:
@@ -288,6 +288,14 @@ class Embedder:
         """
         return self._encode_images(list(items), normalize, batch_size, strict=True).embeddings
 
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Raw features float32 [N, dim] of preprocessed pixels float32 [N, 3, 224, 224], in chunks of
+        ``batch_size`` (default: the embedder's, never above the backend's limit); row i belongs to pixels[i]."""
+        size = self._chunk_size(batch_size)
+        rows = [self._run(self.backend.encode_pixels, len(chunk), chunk)
+                for chunk in (pixels[start : start + size] for start in range(0, len(pixels), size))]
+        return np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
+
     def encode_images_partial(
         self, items: Iterable[object], normalize: bool = True, batch_size: int | None = None
     ) -> PartialImageEmbeddings:
@@ -327,7 +335,7 @@ class Embedder:
 
         def submit(start: int) -> list[Future]:
             return [
-                pool.submit(_preprocess_item, self._transform, index, items[index])
+                pool.submit(preprocess_item, self._transform, index, items[index])
                 for index in range(start, min(start + size, len(items)))
             ]
 

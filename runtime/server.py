@@ -41,10 +41,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from ruclip_tiny import spec
-from ruclip_tiny.errors import ImageDecodeError
-from ruclip_tiny.transform import image_transform, load_image
+from ruclip_tiny.transform import image_transform
 from runtime.batching import BatchObserver, BatcherClosed, DynamicBatcher, QueueFull
-from runtime.embedder import Embedder, l2_normalize, zero_shot_probabilities
+from runtime.embedder import (
+    Embedder,
+    ImageItemError,
+    l2_normalize,
+    preprocess_item,
+    zero_shot_probabilities,
+)
 
 logger = logging.getLogger("runtime.server")
 
@@ -222,12 +227,8 @@ class NotReady(Exception):
 
 def decode_image(transform, data: bytes) -> np.ndarray | str:
     """float32 [3, 224, 224] preprocessed pixels of an encoded image, or the reason it cannot be decoded."""
-    try:
-        return transform(load_image(data, name="image"))
-    except ImageDecodeError as err:
-        return str(err).removeprefix("image: ")
-    except (OSError, SyntaxError, ValueError, EOFError) as err:  # a lazily decoded image failing in resize
-        return f"cannot be decoded ({type(err).__name__}: {err})"
+    outcome = preprocess_item(transform, 0, data)
+    return outcome.reason if isinstance(outcome, ImageItemError) else outcome
 
 
 def warm_up(embedder: Embedder) -> None:
@@ -315,17 +316,7 @@ class EmbeddingService:
         return [(row, index in truncated) for index, row in enumerate(result.embeddings)]
 
     def _run_images(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        embedder = self.embedder
-        limit = min(self.image_batch, embedder.backend.max_batch or self.image_batch)
-        rows = []
-        for start in range(0, len(pixels), limit):
-            chunk = np.stack(pixels[start : start + limit])
-            features = embedder.backend.encode_pixels(chunk)
-            if features.shape != (len(chunk), embedder.dim):
-                raise RuntimeError(f"{embedder.backend.describe()} returned {list(features.shape)} for "
-                                   f"{len(chunk)} images; expected [{len(chunk)}, {embedder.dim}]")
-            rows.extend(features)
-        return rows
+        return list(self.embedder.encode_pixels(np.stack(pixels), batch_size=self.image_batch))
 
     # --- called by the endpoints, on the event loop ---
 

@@ -118,6 +118,10 @@ def test_chunking_keeps_rows_with_their_inputs(embedder, photos):
     np.testing.assert_allclose(shuffled, whole[order], atol=1e-6)
     texts = ["кошка", "ракета", "чашка кофе", "астронавт", "монеты"]
     np.testing.assert_allclose(embedder.encode_texts(texts, batch_size=2), embedder.encode_texts(texts), atol=1e-6)
+    pixels = np.stack([embedder._transform(load_image(path)) for path in photos])
+    np.testing.assert_allclose(embedder.encode_pixels(pixels, batch_size=4), embedder.encode_pixels(pixels), atol=1e-6)
+    np.testing.assert_allclose(l2_normalize(embedder.encode_pixels(pixels)), whole[: len(photos)], atol=1e-6)
+    assert embedder.encode_pixels(pixels[:0]).shape == (0, 768)
 
 
 def test_every_input_kind_gives_the_same_embedding(embedder, photos):
