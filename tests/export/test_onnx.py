@@ -125,3 +125,66 @@ def test_fusable_gelu_is_the_same_function_and_is_undone(reference_model):
         rewritten = mlp.act(x)
     assert type(mlp.act).__name__ == "GELU"
     assert torch.allclose(rewritten, exact, atol=1e-6, rtol=0)
+
+
+def _weight_matmul_rows(path) -> list[tuple[tuple, object]]:
+    """(weight shape, symbolic row axis of the output) of every MatMul by a weight, in graph order."""
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [
+        (weights[node.input[1]], shapes[node.output[0]][1])
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in weights
+    ]
+
+
+@pytest.mark.parametrize("name", ["textual.onnx", "textual.fp16.onnx"])
+def test_the_text_graph_computes_its_last_layer_for_the_cls_row_only(exported_bundle, name):
+    from ruclip_tiny import spec
+
+    config = spec.TEXT_ENCODER_CONFIG
+    rows = _weight_matmul_rows(exported_bundle / name)
+    per_layer = 6  # q, k, v, out, ffn lin1, ffn lin2
+    assert len(rows) == per_layer * config["n_layers"]
+    *early, last = [rows[i : i + per_layer] for i in range(0, len(rows), per_layer)]
+    for layer in early:
+        assert [axis for _, axis in layer] == ["seq"] * per_layer
+    # the last layer: keys and values over every position; query, output projection and FFN on one row
+    assert [axis for _, axis in last] == [1, "seq", "seq", 1, 1, 1]  # q, k, v, out, lin1, lin2
+    assert [shape for shape, axis in last if axis == 1][-2:] == [(config["dim"], config["hidden_dim"]),
+                                                                 (config["hidden_dim"], config["dim"])]
+
+
+def test_cls_only_last_layer_is_the_same_function_for_any_mask_and_is_undone(reference_model):
+    from export.onnx import cls_only_last_layer
+
+    feeds = example_inputs("textual", batch=4, seq=20, seed=3)
+    ids = torch.from_numpy(feeds["input_ids"])
+    masks = [torch.from_numpy(feeds["attention_mask"])]
+    left = masks[0].clone()
+    left[3] = torch.tensor([0] * 5 + [1] * 15)  # left-padded and inner-padded rows: any mask, not only the tokenizer's
+    left[2] = torch.tensor([1, 1, 0, 0, 1, 1] + [0] * 14)
+    masks.append(left)
+    layers = reference_model.transformer.transformer.layer
+    original = layers[-1]
+    for mask in masks:
+        with torch.inference_mode():
+            full = reference_model.encode_text(ids, mask)
+            with cls_only_last_layer(reference_model):
+                assert layers[-1] is not original
+                hidden = reference_model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+                cls_only = reference_model.encode_text(ids, mask)
+        assert hidden.shape == (4, 1, layers[0].attention.dim)
+        assert layers[-1] is original
+        torch.testing.assert_close(cls_only, full, atol=5e-6 * float(full.abs().max()), rtol=0)
+
+
+def test_the_text_graphs_record_their_last_layer_form(exported_bundle):
+    import json
+
+    manifest = json.loads((exported_bundle / "manifest.json").read_text())
+    for key in ("textual.fp32", "textual.fp16", "textual.fp32.fused"):
+        assert manifest["artifacts"][key]["export"]["last_layer"] == "cls-only"
+    assert "last_layer" not in manifest["artifacts"]["visual.fp32"]["export"]
