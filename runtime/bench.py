@@ -3,7 +3,9 @@
 The baseline is the pipeline as it originally ran: the PyTorch reference in eager mode, FP32, rebuilt from the
 bundle's ``reference.safetensors``, texts always padded to 77 tokens, images decoded and preprocessed one after
 another with PIL. It is measured in the same run, with the same thread count, so every figure carries a ratio
-(``baseline p50 / row p50``: above 1 means faster than the baseline). Without torch there is no baseline and the
+(``baseline p50 / row p50``: above 1 means faster than the baseline). Every pipeline is loaded before timing
+starts, and each configuration (workload x batch size) times all of them interleaved, call by call
+(``measure_interleaved``), so a ratio never compares two moments of a machine whose load drifts. Without torch there is no baseline and the
 report says so. Nothing is written into the bundle.
 
 Workloads (B = batch size):
@@ -116,27 +118,43 @@ def _synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def measure(
-    call: Callable[[], object], repeats: int, warmup: int, time_budget_s: float, device: str = "cpu"
-) -> Timing:
-    """Time ``call``: ``warmup`` untimed calls, then up to ``repeats`` timed ones (at least MIN_REPEATS, or
-    ``repeats`` if fewer; stops early once ``time_budget_s`` is spent). On CUDA the device is synchronised around
-    every call, so a timing covers the work, not its launch."""
-    sync = _synchronizer(device)
-    for _ in range(warmup):
-        call()
-    sync()
-    seconds: list[float] = []
+def measure_interleaved(
+    calls: Sequence[Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    time_budget_s: float,
+    devices: Sequence[str] | None = None,
+) -> list[Timing]:
+    """Time several calls side by side: ``warmup`` untimed calls of each, then rounds in which every call runs
+    once (the order rotating by one each round), until each has ``repeats`` timings or the rounds have spent
+    ``time_budget_s`` per call (at least MIN_REPEATS, or ``repeats`` if fewer). Returns one Timing per call.
+
+    Why interleave: on a shared machine the load drifts over minutes; timing a baseline and a contender minutes
+    apart measured the drift as often as the contender (image batch 8 gave 1.02x and 1.36x in two runs of the
+    same code). Interleaved, both see the same machine within one round, and the ratio of their medians is paired.
+    """
+    devices = list(devices or ["cpu"] * len(calls))
+    syncs = [_synchronizer(device) for device in devices]
+    for call, sync in zip(calls, syncs):
+        for _ in range(warmup):
+            call()
+        sync()
+    seconds: list[list[float]] = [[] for _ in calls]
     spent = 0.0
     floor = min(MIN_REPEATS, repeats)
-    while len(seconds) < repeats and (len(seconds) < floor or spent < time_budget_s):
-        start = time.perf_counter()
-        call()
-        sync()
-        elapsed = time.perf_counter() - start
-        seconds.append(elapsed)
-        spent += elapsed
-    return Timing(seconds)
+    budget = time_budget_s * len(calls)
+    done = 0
+    while done < repeats and (done < floor or spent < budget):
+        for step in range(len(calls)):
+            index = (done + step) % len(calls)
+            start = time.perf_counter()
+            calls[index]()
+            syncs[index]()
+            elapsed = time.perf_counter() - start
+            seconds[index].append(elapsed)
+            spent += elapsed
+        done += 1
+    return [Timing(values) for values in seconds]
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -330,9 +348,6 @@ def run_bench(
     timing = {"repeats": repeats, "warmup": warmup, "time_budget_s": time_budget_s}
     started = time.perf_counter()
 
-    def timed(call, device="cpu") -> Timing:
-        return measure(call, repeats, warmup, time_budget_s, device)
-
     report: dict = {
         "schema_version": BENCH_SCHEMA_VERSION,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -372,44 +387,20 @@ def run_bench(
     # The encoders are warm from the image workload by then; one more warm-up call covers decoding and the pool.
     e2e_warmup = min(warmup, 1)
 
-    # --- the baseline ---
-    baseline_rows: dict[tuple[str, int], dict] = {}
-    baseline_e2e = None
+    # --- every pipeline is loaded first, then each configuration times all of them side by side ---
+    contenders: list[_Contender] = []
     if include_baseline and importlib.util.find_spec("torch") is not None:
         say("baseline: loading the torch reference")
         baseline = _Baseline(bundle, tokenizer, threads)
         report["baseline"].update(available=True, device=baseline.device, reason="")
-        for batch in batch_sizes:
-            say(f"baseline: image batch {batch}")
-            row = _row("image", "baseline", "torch-eager", "fp32", baseline.device, batch,
-                       timed(lambda: baseline.encode_pixels(pixels[batch]), baseline.device))
-            baseline_rows["image", batch] = row
-        for workload, texts in (("text-full", long_texts), ("text-captions", captions)):
-            for batch in text_batch_sizes:
-                say(f"baseline: {workload} batch {batch}")
-                width, mean_tokens = _text_shape(tokenizer, texts[batch], trimmed=False)
-                row = _row(workload, "baseline", "torch-eager", "fp32", baseline.device, batch,
-                           timed(lambda: baseline.encode_texts(texts[batch]), baseline.device), width, mean_tokens)
-                baseline_rows[workload, batch] = row
-        if photos:
-            say(f"baseline: end-to-end {len(photos)} JPEGs")
-            baseline_e2e = _end_to_end("baseline", "torch-eager", "fp32", baseline.device, len(photos), e2e_batch,
-                                       lambda: baseline.encode_files(photos, e2e_batch), repeats, e2e_warmup,
-                                       time_budget_s)
-        for row in baseline_rows.values():
-            row["baseline_p50_ms"] = row["p50_ms"]
-            row["ratio_vs_baseline"] = 1.0
-        report["rows"] += list(baseline_rows.values())
-        if baseline_e2e:
-            baseline_e2e["ratio_vs_baseline"] = 1.0
-            report["end_to_end"].append(baseline_e2e)
-        del baseline
+        contenders.append(_Contender("baseline", "torch-eager", "fp32", baseline.device, baseline.encode_pixels,
+                                     lambda texts, batch: baseline.encode_texts(texts), baseline.encode_files,
+                                     trimmed=False))
     else:
         report["baseline"]["reason"] = (
             "not requested" if not include_baseline else "no baseline: torch is not installed"
         )
-
-    # --- the runtime ---
+    embedders = []
     for backend in backends:
         for precision in precisions:
             options = {"threads": threads} if backend == "torch" else {}
@@ -422,39 +413,20 @@ def run_bench(
                 report["skipped"].append({"backend": backend, "precision": precision, "reason": str(exc)})
                 say(f"{backend} {precision}: skipped ({exc})")
                 continue
-            with embedder:
-                device = embedder.backend.device
-                rows = []
-                for batch in batch_sizes:
-                    say(f"{backend} {precision}: image batch {batch}")
-                    rows.append(_row("image", "runtime", backend, precision, device, batch,
-                                     timed(lambda: embedder.backend.encode_pixels(pixels[batch]), device)))
-                for workload, texts in (("text-full", long_texts), ("text-captions", captions)):
-                    for batch in text_batch_sizes:
-                        say(f"{backend} {precision}: {workload} batch {batch}")
-                        width, mean_tokens = _text_shape(tokenizer, texts[batch], embedder.trim_padding)
-                        call = lambda: embedder.encode_texts_detailed(texts[batch], batch_size=batch)  # noqa: E731
-                        row = _row(workload, "runtime", backend, precision, device, batch, timed(call, device),
-                                   width, mean_tokens)
-                        unfused = _without_fused_attention(embedder.backend, lambda: timed(call, device))
-                        if unfused is not None:  # the fused-attention lever, side by side on the same texts
-                            row["unfused_p50_ms"] = unfused.percentile_ms(50)
-                            row["fused_speedup"] = row["unfused_p50_ms"] / row["p50_ms"]
-                        rows.append(row)
-                for row in rows:
-                    base = baseline_rows.get((row["workload"], row["batch_size"]))
-                    row["baseline_p50_ms"] = base["p50_ms"] if base else None
-                    row["ratio_vs_baseline"] = base["p50_ms"] / row["p50_ms"] if base else None
-                report["rows"] += rows
-                if photos:
-                    say(f"{backend} {precision}: end-to-end {len(photos)} JPEGs")
-                    e2e = _end_to_end("runtime", backend, precision, device, len(photos), e2e_batch,
-                                      lambda: embedder.encode_images(photos, batch_size=e2e_batch), repeats,
-                                      e2e_warmup, time_budget_s)
-                    e2e["ratio_vs_baseline"] = (
-                        e2e["images_per_s"] / baseline_e2e["images_per_s"] if baseline_e2e else None
-                    )
-                    report["end_to_end"].append(e2e)
+            embedders.append(embedder)
+            contenders.append(_Contender(
+                "runtime", backend, precision, embedder.backend.device, embedder.backend.encode_pixels,
+                lambda texts, batch, e=embedder: e.encode_texts_detailed(texts, batch_size=batch),
+                lambda paths, batch, e=embedder: e.encode_images(paths, batch_size=batch),
+                trimmed=embedder.trim_padding, backend_object=embedder.backend,
+            ))
+    try:
+        if contenders:
+            _run_workloads(report, contenders, tokenizer, pixels, {"text-full": long_texts, "text-captions": captions},
+                           photos, e2e_batch, e2e_warmup, repeats, warmup, time_budget_s, say)
+    finally:
+        for embedder in embedders:
+            embedder.close()
 
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     report["machine"]["load_average_1m_end"] = _load_average()
@@ -511,22 +483,87 @@ def combine_rounds(reports: Sequence[dict]) -> dict:
     return combined
 
 
-def _without_fused_attention(backend, measure_call: Callable[[], Timing]) -> Timing | None:
-    """``measure_call()`` with the backend's fused text graph switched off, or None when it has none."""
-    fused = getattr(backend, "textual_fused", None)
-    if fused is None:
+@dataclass
+class _Contender:
+    """One pipeline the bench times: the baseline or a backend x precision of the runtime."""
+
+    pipeline: str
+    backend: str
+    precision: str
+    device: str
+    pixels: Callable[[np.ndarray], object]
+    texts: Callable[[list, int], object]
+    files: Callable[[list, int], object]
+    trimmed: bool
+    backend_object: object = None
+
+
+def _without_fused_attention(backend, call: Callable[[], object]) -> Callable[[], object] | None:
+    """``call`` with the backend's fused text graph switched off for its duration, or None when it has none."""
+    if getattr(backend, "textual_fused", None) is None:
         return None
-    backend.textual_fused = None
-    try:
-        return measure_call()
-    finally:
-        backend.textual_fused = fused
+
+    def unfused():
+        fused, backend.textual_fused = backend.textual_fused, None
+        try:
+            return call()
+        finally:
+            backend.textual_fused = fused
+
+    return unfused
 
 
-def _end_to_end(pipeline, backend, precision, device, images, batch_size, call, repeats, warmup, time_budget_s) -> dict:
-    """images/s of ``call`` (all ``images`` JPEG files, decoded to features in batches of ``batch_size``); at most
-    MIN_REPEATS calls, since each already runs many batches."""
-    timing = measure(call, min(repeats, MIN_REPEATS), warmup, time_budget_s, device)
+def _run_workloads(report, contenders, tokenizer, pixels, text_workloads, photos, e2e_batch, e2e_warmup, repeats,
+                   warmup, time_budget_s, say) -> None:
+    """Every workload x batch size, all contenders interleaved (``measure_interleaved``); rows into ``report``."""
+    devices = [c.device for c in contenders]
+    rows: list[dict] = []
+    for batch, batch_pixels in pixels.items():
+        say(f"image batch {batch}: {len(contenders)} pipelines side by side")
+        timings = measure_interleaved([lambda c=c: c.pixels(batch_pixels) for c in contenders], repeats, warmup,
+                                      time_budget_s, devices)
+        rows += [_row("image", c.pipeline, c.backend, c.precision, c.device, batch, t)
+                 for c, t in zip(contenders, timings)]
+    for workload, batches in text_workloads.items():
+        for batch, texts in batches.items():
+            say(f"{workload} batch {batch}: {len(contenders)} pipelines side by side")
+            calls = [lambda c=c: c.texts(texts, batch) for c in contenders]
+            # the fused-attention lever: the same call with the fused text graph off, in the same rounds
+            unfused = {i: _without_fused_attention(c.backend_object, calls[i]) for i, c in enumerate(contenders)}
+            unfused = {i: call for i, call in unfused.items() if call is not None}
+            timings = measure_interleaved(calls + list(unfused.values()), repeats, warmup, time_budget_s,
+                                          devices + [devices[i] for i in unfused])
+            extra = dict(zip(unfused, timings[len(calls):]))
+            for i, (contender, timing) in enumerate(zip(contenders, timings)):
+                width, mean_tokens = _text_shape(tokenizer, texts, contender.trimmed)
+                row = _row(workload, contender.pipeline, contender.backend, contender.precision, contender.device,
+                           batch, timing, width, mean_tokens)
+                if i in extra:
+                    row["unfused_p50_ms"] = extra[i].percentile_ms(50)
+                    row["fused_speedup"] = row["unfused_p50_ms"] / row["p50_ms"]
+                rows.append(row)
+    baseline = {(r["workload"], r["batch_size"]): r for r in rows if r["pipeline"] == "baseline"}
+    for row in rows:
+        base = baseline.get((row["workload"], row["batch_size"]))
+        row["baseline_p50_ms"] = base["p50_ms"] if base else None
+        row["ratio_vs_baseline"] = base["p50_ms"] / row["p50_ms"] if base else None
+    report["rows"] += sorted(rows, key=lambda r: r["pipeline"] != "baseline")  # baseline rows first, order kept
+    if not photos:
+        return
+    say(f"end-to-end {len(photos)} JPEGs: {len(contenders)} pipelines side by side")
+    # at most MIN_REPEATS calls each: every call already runs many batches
+    timings = measure_interleaved([lambda c=c: c.files(photos, e2e_batch) for c in contenders],
+                                  min(repeats, MIN_REPEATS), e2e_warmup, time_budget_s, devices)
+    e2e = [_end_to_end(c.pipeline, c.backend, c.precision, c.device, len(photos), e2e_batch, t)
+           for c, t in zip(contenders, timings)]
+    base = next((r for r in e2e if r["pipeline"] == "baseline"), None)
+    for row in e2e:
+        row["ratio_vs_baseline"] = row["images_per_s"] / base["images_per_s"] if base else None
+    report["end_to_end"] += e2e
+
+
+def _end_to_end(pipeline, backend, precision, device, images, batch_size, timing: Timing) -> dict:
+    """The end-to-end row: images/s of decoding all ``images`` JPEG files to features in batches of ``batch_size``."""
     p50 = timing.percentile_ms(50)
     return {
         "pipeline": pipeline,
