@@ -4,8 +4,8 @@ The baseline is the pipeline as it originally ran: the PyTorch reference in eage
 bundle's ``reference.safetensors``, texts always padded to 77 tokens, images decoded and preprocessed one after
 another with PIL. It is measured in the same run, with the same thread count, so every figure carries a ratio
 (``baseline p50 / row p50``: above 1 means faster than the baseline). Every pipeline is loaded before timing
-starts, and each configuration (workload x batch size) times all of them interleaved, call by call
-(``measure_interleaved``), so a ratio never compares two moments of a machine whose load drifts. Without torch there is no baseline and the
+starts, and each configuration (workload x batch size) times all of them in alternating blocks seconds apart
+(``measure_alternating``), so a ratio never compares two moments of a machine whose load drifts. Without torch there is no baseline and the
 report says so. Nothing is written into the bundle.
 
 Workloads (B = batch size):
@@ -118,42 +118,58 @@ def _synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def measure_interleaved(
+def measure_alternating(
     calls: Sequence[Callable[[], object]],
     repeats: int,
     warmup: int,
     time_budget_s: float,
     devices: Sequence[str] | None = None,
+    block: int | None = None,
 ) -> list[Timing]:
-    """Time several calls side by side: ``warmup`` untimed calls of each, then rounds in which every call runs
-    once (the order rotating by one each round), until each has ``repeats`` timings or the rounds have spent
-    ``time_budget_s`` per call (at least MIN_REPEATS, or ``repeats`` if fewer). Returns one Timing per call.
+    """Time several calls side by side, in alternating blocks: ``warmup`` untimed calls of each, then rounds in
+    which every call (the first one rotating each round) runs one untimed settling call and then ``block`` timed
+    ones back to back. Stops when each has ``repeats`` timings, or once the rounds have spent ``time_budget_s``
+    per call (at least MIN_REPEATS timings each, or ``repeats`` if fewer). Returns one Timing per call.
 
-    Why interleave: on a shared machine the load drifts over minutes; timing a baseline and a contender minutes
-    apart measured the drift as often as the contender (image batch 8 gave 1.02x and 1.36x in two runs of the
-    same code). Interleaved, both see the same machine within one round, and the ratio of their medians is paired.
+    Why blocks: on a shared machine the load drifts over minutes, and timing a baseline and a contender minutes
+    apart measured the drift as often as the contender (image batch 8 gave 1.02x and 1.36x in two runs of the same
+    code); alternating blocks seconds apart see the same machine. Why not call by call: a pipeline run right after
+    another is slowed by what the other left behind (torch text at batch 8 took 99 ms right after an ONNX Runtime
+    call, 61 ms 100 ms later, 49 ms back to back), so each block starts with an untimed call and times only calls
+    that follow their own kind, as they would run alone.
     """
     devices = list(devices or ["cpu"] * len(calls))
     syncs = [_synchronizer(device) for device in devices]
+    block = block or max(1, -(-repeats // 4))  # four rounds when the budget allows
     for call, sync in zip(calls, syncs):
         for _ in range(warmup):
             call()
         sync()
     seconds: list[list[float]] = [[] for _ in calls]
-    spent = 0.0
     floor = min(MIN_REPEATS, repeats)
     budget = time_budget_s * len(calls)
-    done = 0
-    while done < repeats and (done < floor or spent < budget):
+    spent, rounds = 0.0, 0
+
+    def enough() -> bool:
+        counts = [len(values) for values in seconds]
+        return min(counts) >= repeats or (min(counts) >= floor and spent >= budget)
+
+    while not enough():
         for step in range(len(calls)):
-            index = (done + step) % len(calls)
-            start = time.perf_counter()
-            calls[index]()
-            syncs[index]()
-            elapsed = time.perf_counter() - start
-            seconds[index].append(elapsed)
-            spent += elapsed
-        done += 1
+            index = (rounds + step) % len(calls)
+            call, sync = calls[index], syncs[index]
+            wanted = min(block, repeats - len(seconds[index]))
+            if wanted <= 0:
+                continue
+            for timed in [False] + [True] * wanted:
+                start = time.perf_counter()
+                call()
+                sync()
+                elapsed = time.perf_counter() - start
+                spent += elapsed
+                if timed:
+                    seconds[index].append(elapsed)
+        rounds += 1
     return [Timing(values) for values in seconds]
 
 
@@ -515,12 +531,12 @@ def _without_fused_attention(backend, call: Callable[[], object]) -> Callable[[]
 
 def _run_workloads(report, contenders, tokenizer, pixels, text_workloads, photos, e2e_batch, e2e_warmup, repeats,
                    warmup, time_budget_s, say) -> None:
-    """Every workload x batch size, all contenders interleaved (``measure_interleaved``); rows into ``report``."""
+    """Every workload x batch size, all contenders in alternating blocks (``measure_alternating``); rows into ``report``."""
     devices = [c.device for c in contenders]
     rows: list[dict] = []
     for batch, batch_pixels in pixels.items():
         say(f"image batch {batch}: {len(contenders)} pipelines side by side")
-        timings = measure_interleaved([lambda c=c: c.pixels(batch_pixels) for c in contenders], repeats, warmup,
+        timings = measure_alternating([lambda c=c: c.pixels(batch_pixels) for c in contenders], repeats, warmup,
                                       time_budget_s, devices)
         rows += [_row("image", c.pipeline, c.backend, c.precision, c.device, batch, t)
                  for c, t in zip(contenders, timings)]
@@ -531,7 +547,7 @@ def _run_workloads(report, contenders, tokenizer, pixels, text_workloads, photos
             # the fused-attention lever: the same call with the fused text graph off, in the same rounds
             unfused = {i: _without_fused_attention(c.backend_object, calls[i]) for i, c in enumerate(contenders)}
             unfused = {i: call for i, call in unfused.items() if call is not None}
-            timings = measure_interleaved(calls + list(unfused.values()), repeats, warmup, time_budget_s,
+            timings = measure_alternating(calls + list(unfused.values()), repeats, warmup, time_budget_s,
                                           devices + [devices[i] for i in unfused])
             extra = dict(zip(unfused, timings[len(calls):]))
             for i, (contender, timing) in enumerate(zip(contenders, timings)):
@@ -552,7 +568,7 @@ def _run_workloads(report, contenders, tokenizer, pixels, text_workloads, photos
         return
     say(f"end-to-end {len(photos)} JPEGs: {len(contenders)} pipelines side by side")
     # at most MIN_REPEATS calls each: every call already runs many batches
-    timings = measure_interleaved([lambda c=c: c.files(photos, e2e_batch) for c in contenders],
+    timings = measure_alternating([lambda c=c: c.files(photos, e2e_batch) for c in contenders],
                                   min(repeats, MIN_REPEATS), e2e_warmup, time_budget_s, devices)
     e2e = [_end_to_end(c.pipeline, c.backend, c.precision, c.device, len(photos), e2e_batch, t)
            for c, t in zip(contenders, timings)]

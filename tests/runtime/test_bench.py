@@ -134,27 +134,28 @@ def test_rounds_combine_as_medians_of_each_rounds_own_ratio():
     assert combined["rounds"] == 3 and combined["elapsed_s"] == 30 and combined["machine"]["load_average_1m_end"] == 0.2
 
 
-def test_interleaved_measurement_alternates_the_calls_and_rotates_who_goes_first():
-    from runtime.bench import measure_interleaved
+def test_alternating_blocks_time_only_calls_that_follow_their_own_kind():
+    from runtime.bench import measure_alternating
 
     log: list[str] = []
     calls = [lambda name=name: log.append(name) for name in "abc"]
-    timings = measure_interleaved(calls, repeats=4, warmup=2, time_budget_s=10.0)
+    timings = measure_alternating(calls, repeats=4, warmup=2, time_budget_s=10.0, block=2)
     assert [len(t.seconds) for t in timings] == [4, 4, 4]
-    warm, timed = log[:6], log[6:]
+    warm, rounds = log[:6], log[6:]
     assert warm == ["a", "a", "b", "b", "c", "c"]
-    # one call of each per round, so no call's timings come from a different stretch of time than the others'
-    assert [sorted(timed[i : i + 3]) for i in range(0, 12, 3)] == [["a", "b", "c"]] * 4
-    assert [timed[i] for i in range(0, 12, 3)] == ["a", "b", "c", "a"]  # the first slot rotates
+    # two rounds of three blocks; a block is one settling call and two timed ones of the same call
+    blocks = [rounds[i : i + 3] for i in range(0, len(rounds), 3)]
+    assert len(blocks) == 6 and all(len(set(b)) == 1 for b in blocks)
+    assert [b[0] for b in blocks] == ["a", "b", "c", "b", "c", "a"]  # every call in every round, first slot rotating
 
 
-def test_interleaved_measurement_stops_on_the_budget_but_not_below_the_floor():
+def test_alternating_blocks_stop_on_the_budget_but_not_below_the_floor():
     import time
 
-    from runtime.bench import MIN_REPEATS, measure_interleaved
+    from runtime.bench import MIN_REPEATS, measure_alternating
 
     slow = [lambda: time.sleep(0.02), lambda: time.sleep(0.01)]
-    timings = measure_interleaved(slow, repeats=1000, warmup=0, time_budget_s=0.0)
+    timings = measure_alternating(slow, repeats=1000, warmup=0, time_budget_s=0.0, block=1)
     assert [len(t.seconds) for t in timings] == [MIN_REPEATS, MIN_REPEATS]
     assert min(timings[0].seconds) >= 0.02 and min(timings[1].seconds) >= 0.01  # each timing is its own call's
-    assert [len(t.seconds) for t in measure_interleaved(slow, repeats=2, warmup=0, time_budget_s=10.0)] == [2, 2]
+    assert [len(t.seconds) for t in measure_alternating(slow, repeats=2, warmup=0, time_budget_s=10.0)] == [2, 2]
