@@ -128,7 +128,8 @@ def measure_alternating(
 ) -> list[Timing]:
     """Time several calls side by side, in alternating blocks: ``warmup`` untimed calls of each, then rounds in
     which every call (the first one rotating each round) runs one untimed settling call and then ``block`` timed
-    ones back to back. Stops when each has ``repeats`` timings, or once the rounds have spent ``time_budget_s``
+    ones back to back (default: a quarter of ``repeats``, fewer when the warm-up shows that the budget allows
+    only a few calls, down to one, so slow calls alternate call by call). Stops when each has ``repeats`` timings, or once the rounds have spent ``time_budget_s``
     per call (at least MIN_REPEATS timings each, or ``repeats`` if fewer). Returns one Timing per call.
 
     Why blocks: on a shared machine the load drifts over minutes, and timing a baseline and a contender minutes
@@ -140,11 +141,17 @@ def measure_alternating(
     """
     devices = list(devices or ["cpu"] * len(calls))
     syncs = [_synchronizer(device) for device in devices]
-    block = block or max(1, -(-repeats // 4))  # four rounds when the budget allows
+    warm_seconds = 0.0
     for call, sync in zip(calls, syncs):
         for _ in range(warmup):
+            start = time.perf_counter()
             call()
-        sync()
+            sync()
+            warm_seconds = max(warm_seconds, time.perf_counter() - start)
+    if block is None:  # four rounds when the budget allows; as many rounds as the budget allows for slow calls
+        block = max(1, -(-repeats // 4))
+        if warm_seconds > 0:
+            block = max(1, min(block, int(time_budget_s / (4 * warm_seconds))))
     seconds: list[list[float]] = [[] for _ in calls]
     floor = min(MIN_REPEATS, repeats)
     budget = time_budget_s * len(calls)

@@ -159,3 +159,22 @@ def test_alternating_blocks_stop_on_the_budget_but_not_below_the_floor():
     assert [len(t.seconds) for t in timings] == [MIN_REPEATS, MIN_REPEATS]
     assert min(timings[0].seconds) >= 0.02 and min(timings[1].seconds) >= 0.01  # each timing is its own call's
     assert [len(t.seconds) for t in measure_alternating(slow, repeats=2, warmup=0, time_budget_s=10.0)] == [2, 2]
+
+
+def test_slow_calls_alternate_one_timed_call_per_block():
+    import time
+
+    from runtime.bench import measure_alternating
+
+    log: list[str] = []
+
+    def slow(name):
+        time.sleep(0.02)
+        log.append(name)
+
+    timings = measure_alternating([lambda: slow("a"), lambda: slow("b")], repeats=20, warmup=1, time_budget_s=0.1)
+    # the warm-up says a call takes 20 ms, the budget allows ~5 per call: blocks of one timed call, so the
+    # rounds go a a b b / b b a a / ... (settling call, timed call), not five timed calls of a before any of b
+    rounds = log[2:]
+    assert [len(t.seconds) for t in timings] == [3, 3]
+    assert rounds[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"]
