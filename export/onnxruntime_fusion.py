@@ -8,7 +8,7 @@ form (the same function: a key masked by -10000 gets exp(-10000 + s) = 0 in FP32
 Unsqueeze is split again before fusing.
 
 The fused Attention reads each mask row as a LENGTH (the count of ones): it is exact for right-padded masks (ones
-then zeros, what the tokenizer gives) and wrong for any other (a left- or inner-padded row is off by ~1 in abs).
+then zeros, what the tokenizer gives) and wrong for any other (a left- or inner-padded row is off by 1-3 in abs).
 The manifest records ``mask: "right-padded"`` and the runtime routes every other mask to ``textual.onnx``.
 """
 

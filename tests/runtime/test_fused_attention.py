@@ -46,10 +46,11 @@ def test_right_padded_accepts_only_ones_then_zeros():
     assert not right_padded(np.ones((2, 0), np.int64)) and not right_padded(np.ones(3, np.int64))
 
 
-def test_the_export_fused_every_layer_and_parity_marked_it_deployable(exported_bundle):
+def test_the_export_fused_every_self_attention_layer_and_parity_marked_it_deployable(exported_bundle):
     entry = Bundle.load(exported_bundle).artifacts[FUSED_KEY]
     assert entry["fused_variant_of"] == "textual.fp32" and entry["mask"] == "right-padded"
-    assert entry["export"]["fused_operators"]["Attention"] == 3
+    # layers 1-2 are self-attention; the last computes one query row ([CLS]) and stays unfused
+    assert entry["export"]["fused_operators"]["Attention"] == 2 and entry["export"]["last_layer"] == "cls-only"
     assert entry["export"]["fused_operators"]["BiasGelu"] == 3
     assert entry["deployable"] is True
     manifest = json.loads((exported_bundle / "manifest.json").read_text(encoding="utf-8"))
