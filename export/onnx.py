@@ -103,7 +103,8 @@ def cls_only_last_layer(model):
             value = attention.v_lin(hidden_states).view(*hidden_states.shape[:-1], -1, head).transpose(1, 2)
             if attention_mask is not None and attention_mask.dim() == 4:
                 attention_mask = attention_mask[:, :, :1, :]  # [B, 1, 1 or L, L] -> the [CLS] query's row
-            kernel = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+            implementation = attention.config._attn_implementation
+            kernel = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             output, _ = kernel(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling)
             output = attention.out_lin(output.reshape(*cls.shape[:-1], -1))
             output = block.sa_layer_norm(output + cls)

@@ -5,8 +5,8 @@ bundle's ``reference.safetensors``, texts always padded to 77 tokens, images dec
 another with PIL. It is measured in the same run, with the same thread count, so every figure carries a ratio
 (``baseline p50 / row p50``: above 1 means faster than the baseline). Every pipeline is loaded before timing
 starts, and each configuration (workload x batch size) times all of them in alternating blocks seconds apart
-(``measure_alternating``), so a ratio never compares two moments of a machine whose load drifts. Without torch there is no baseline and the
-report says so. Nothing is written into the bundle.
+(``measure_alternating``), so a ratio never compares two moments of a machine whose load drifts. Without torch
+there is no baseline and the report says so. Nothing is written into the bundle.
 
 Workloads (B = batch size):
     image            float32 [B, 3, 224, 224] preprocessed pixels (the probe's) -> the image encoder
@@ -130,8 +130,9 @@ def measure_alternating(
     """Time several calls side by side, in alternating blocks: ``warmup`` untimed calls of each, then rounds in
     which every call (the first one rotating each round) runs one untimed settling call and then ``block`` timed
     ones back to back (default: a quarter of ``repeats``, fewer when the warm-up shows that the budget allows
-    only a few calls, down to one, so slow calls alternate call by call). Stops when each has ``repeats`` timings, or once the rounds have spent ``time_budget_s``
-    per call (at least MIN_REPEATS timings each, or ``repeats`` if fewer). Returns one Timing per call.
+    only a few calls, down to one, so slow calls alternate call by call). Stops when each has ``repeats``
+    timings, or once the rounds have spent ``time_budget_s`` per call (at least MIN_REPEATS timings each, or
+    ``repeats`` if fewer). Returns one Timing per call.
 
     Why blocks: on a shared machine the load drifts over minutes, and timing a baseline and a contender minutes
     apart measured the drift as often as the contender (image batch 8 gave 1.02x and 1.36x in two runs of the same
@@ -156,19 +157,12 @@ def measure_alternating(
     seconds: list[list[float]] = [[] for _ in calls]
     floor = min(MIN_REPEATS, repeats)
     budget = time_budget_s * len(calls)
-    spent, rounds = 0.0, 0
-
-    def enough() -> bool:
-        counts = [len(values) for values in seconds]
-        return min(counts) >= repeats or (min(counts) >= floor and spent >= budget)
-
-    while not enough():
+    spent, rounds, done = 0.0, 0, 0  # every round gives each call the same number of timings: ``done``
+    while done < repeats and (done < floor or spent < budget):
+        wanted = min(block, repeats - done)
         for step in range(len(calls)):
             index = (rounds + step) % len(calls)
             call, sync = calls[index], syncs[index]
-            wanted = min(block, repeats - len(seconds[index]))
-            if wanted <= 0:
-                continue
             for timed in [False] + [True] * wanted:
                 start = time.perf_counter()
                 call()
@@ -177,7 +171,7 @@ def measure_alternating(
                 spent += elapsed
                 if timed:
                     seconds[index].append(elapsed)
-        rounds += 1
+        rounds, done = rounds + 1, done + wanted
     return [Timing(values) for values in seconds]
 
 
@@ -539,7 +533,8 @@ def _without_fused_attention(backend, call: Callable[[], object]) -> Callable[[]
 
 def _run_workloads(report, contenders, tokenizer, pixels, text_workloads, photos, e2e_batch, e2e_warmup, repeats,
                    warmup, time_budget_s, say) -> None:
-    """Every workload x batch size, all contenders in alternating blocks (``measure_alternating``); rows into ``report``."""
+    """Every workload x batch size, all contenders in alternating blocks (``measure_alternating``); the rows go
+    into ``report``."""
     devices = [c.device for c in contenders]
     rows: list[dict] = []
     for batch, batch_pixels in pixels.items():

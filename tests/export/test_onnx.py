@@ -131,7 +131,9 @@ def _weight_matmul_rows(path) -> list[tuple[tuple, object]]:
     """(weight shape, symbolic row axis of the output) of every MatMul by a weight, in graph order."""
     model = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+    }
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     return [
         (weights[node.input[1]], shapes[node.output[0]][1])
