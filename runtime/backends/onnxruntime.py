@@ -48,6 +48,13 @@ PROVIDER_ALIASES = {
 # Providers that run on the GPU: a session whose first provider is one of these is on "cuda".
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
+# Micro-batches on the CPU provider ("auto"): one ONNX Runtime call per this many images, or per this many tokens
+# of text (rows = tokens // width). A batch-8 image call's largest activation is 38.5 MB, past this CPU's 32 MB
+# L3; two images (9.6 MB) stay in it. Chosen by scripts/micro_batch_sweep.py, see docs/BENCHMARKS.md. A GPU
+# provider runs whole batches: there a bigger call is a better-filled device.
+CPU_IMAGE_MICRO_BATCH = 2
+CPU_TEXT_MICRO_BATCH_TOKENS = 1024
+
 
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build has, e.g. ``["CPUExecutionProvider"]``."""
@@ -183,6 +190,8 @@ OPTIONS = (
     "graph_optimization_level",
     "execution_mode",
     "fused_attention",
+    "image_micro_batch",
+    "text_micro_batch_tokens",
 )
 FUSED_ATTENTION_CHOICES = ("auto", True, False)
 
@@ -195,6 +204,18 @@ def right_padded(attention_mask: np.ndarray) -> bool:
         return False
     binary = np.isin(mask, (0, 1)).all()
     return bool(binary and (mask[:, 0] == 1).all() and (mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def resolve_micro_batch(value, option: str, cpu_default: int, device: str) -> int | None:
+    """``value`` of the micro-batch option ``option`` as a number, or None for whole batches: ``"auto"`` is
+    ``cpu_default`` on the CPU and None on a GPU; None or 0 turn micro-batches off; else a positive int."""
+    if value == "auto":
+        return cpu_default if device == "cpu" else None
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BackendError(f"{option} must be 'auto', a positive int, or 0/None for whole batches; got {value!r}")
+    return value
 
 
 def plan_device(options: dict) -> tuple[str, dict]:
@@ -233,6 +254,8 @@ class OnnxRuntimeBackend(Backend):
         textual: OnnxRuntimeEncoder,
         precision: str,
         textual_fused: OnnxRuntimeEncoder | None = None,
+        image_micro_batch: int | None = None,
+        text_micro_batch_tokens: int | None = None,
     ):
         self.visual = visual
         self.textual = textual
@@ -242,6 +265,9 @@ class OnnxRuntimeBackend(Backend):
         self.device = _device_of(visual.providers)
         self.fused_calls = 0
         self.unfused_calls = 0
+        # images per ONNX Runtime call, and tokens per call of text (None: whole batches); see from_bundle
+        self.image_micro_batch = image_micro_batch
+        self.text_micro_batch_tokens = text_micro_batch_tokens
 
     @classmethod
     def from_bundle(
@@ -254,16 +280,28 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization_level: str = "all",
         execution_mode: str = "sequential",
         fused_attention: str | bool = "auto",
+        image_micro_batch: int | str | None = "auto",
+        text_micro_batch_tokens: int | str | None = "auto",
     ) -> "OnnxRuntimeBackend":
         """Open ``visual[.fp16].onnx`` and ``textual[.fp16].onnx`` of ``bundle`` (a ``runtime.bundle.Bundle``).
 
         fused_attention: also open the text encoder with ONNX Runtime's fused kernels (``textual.fused.onnx``,
         1.0-1.3x faster on a CPU) for right-padded masks — ``auto``: when the bundle has it for this precision,
         marked deployable, on the CPU provider (the kernels it was fused for); True: required; False: never.
+        image_micro_batch, text_micro_batch_tokens: run a batch as several ONNX Runtime calls of at most this many
+        images, or this many tokens of text (rows = tokens // width, at least 1), so that the activations stay in
+        the CPU's caches; rows come back in order and each row's features do not depend on its neighbours.
+        ``auto``: CPU_IMAGE_MICRO_BATCH and CPU_TEXT_MICRO_BATCH_TOKENS on the CPU provider, whole batches on a
+        GPU provider; 0 or None: whole batches.
         """
         if fused_attention not in FUSED_ATTENTION_CHOICES:
             raise BackendError(f"fused_attention must be 'auto', True or False, not {fused_attention!r}")
         providers = resolve_providers(providers)
+        device = _device_of(providers)
+        image_micro_batch = resolve_micro_batch(image_micro_batch, "image_micro_batch", CPU_IMAGE_MICRO_BATCH, device)
+        text_micro_batch_tokens = resolve_micro_batch(
+            text_micro_batch_tokens, "text_micro_batch_tokens", CPU_TEXT_MICRO_BATCH_TOKENS, device
+        )
         settings = {
             "providers": providers,
             "intra_op_threads": intra_op_threads,
@@ -275,7 +313,7 @@ class OnnxRuntimeBackend(Backend):
         visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key)["path"]), **settings)
         textual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(textual_key)["path"]), **settings)
         fused = _fused_textual(bundle, precision, fused_attention, providers, settings)
-        backend = cls(visual, textual, precision, fused)
+        backend = cls(visual, textual, precision, fused, image_micro_batch, text_micro_batch_tokens)
         requested = provider_name(providers[0])
         if backend.providers[0] != requested:
             logger.warning(
@@ -291,7 +329,10 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         where = self.providers[0] if self.visual is not None else "(closed)"
         fused = ", fused attention for right-padded text" if self.textual_fused is not None else ""
-        return f"onnxruntime {ort.__version__} {self.precision} on {where}{fused}"
+        micro = [f"{self.image_micro_batch} images" if self.image_micro_batch else "",
+                 f"{self.text_micro_batch_tokens} tokens" if self.text_micro_batch_tokens else ""]
+        micro = f", micro-batches of {' / '.join(m for m in micro if m)}" if any(micro) else ""
+        return f"onnxruntime {ort.__version__} {self.precision} on {where}{fused}{micro}"
 
     def _encoder(self, encoder: OnnxRuntimeEncoder | None) -> OnnxRuntimeEncoder:
         if encoder is None:
@@ -301,19 +342,35 @@ class OnnxRuntimeBackend(Backend):
     def artifact_key(self, encoder: str) -> str:
         return artifact_key(encoder, self.precision)
 
+    @staticmethod
+    def _run_in_parts(encoder: OnnxRuntimeEncoder, feeds: dict[str, np.ndarray], size: int | None) -> np.ndarray:
+        rows = len(next(iter(feeds.values())))
+        if size is None or rows <= size:
+            return encoder.run(feeds)
+        parts = -(-rows // size)
+        return encoder.run_batched(feeds, -(-rows // parts))  # parts as even as they can be: no tiny last call
+
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encoder(self.visual).run({spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)})
+        feeds = {spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)}
+        return self._run_in_parts(self._encoder(self.visual), feeds, self.image_micro_batch)
+
+    def text_micro_batch(self, width: int) -> int | None:
+        """Rows per ONNX Runtime call for texts ``width`` tokens wide (None: the whole batch)."""
+        if self.text_micro_batch_tokens is None:
+            return None
+        return max(1, self.text_micro_batch_tokens // max(1, width))
 
     def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         names = [tensor.name for tensor in spec.TEXTUAL.inputs]
         mask = np.asarray(attention_mask, np.int64)
         feeds = dict(zip(names, (np.asarray(input_ids, np.int64), mask)))
+        size = self.text_micro_batch(mask.shape[1] if mask.ndim == 2 else 1)
         # The guard: the fused Attention reads a mask row as a length, so only right-padded masks may reach it.
         if self.textual_fused is not None and right_padded(mask):
             self.fused_calls += 1
-            return self.textual_fused.run(feeds)
+            return self._run_in_parts(self.textual_fused, feeds, size)
         self.unfused_calls += 1
-        return self._encoder(self.textual).run(feeds)
+        return self._run_in_parts(self._encoder(self.textual), feeds, size)
 
     def close(self) -> None:
         # ONNX Runtime frees a session (and its device memory) when the last reference goes.

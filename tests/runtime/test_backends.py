@@ -137,3 +137,61 @@ def test_a_closed_backend_refuses_to_run(bundle, probe):
     backend.close()
     with pytest.raises(BackendError, match="closed"):
         backend.encode_pixels(probe.inputs["pixels"][:1])
+
+
+def _spy_rows(monkeypatch, encoder) -> list[int]:
+    """The number of rows of every ONNX Runtime call ``encoder`` makes from now on."""
+    rows: list[int] = []
+    run = encoder.run
+
+    def counted(feeds):
+        rows.append(len(next(iter(feeds.values()))))
+        return run(feeds)
+
+    monkeypatch.setattr(encoder, "run", counted)
+    return rows
+
+
+def test_cpu_micro_batches_split_each_call_and_keep_every_row_in_place(bundle, probe, monkeypatch):
+    pixels = probe.inputs["pixels"]
+    ids, mask = probe.inputs["input_ids"], probe.inputs["attention_mask"]
+    # five different images and seven texts, so that the last part is short and a shifted row would show
+    pixels = np.concatenate([pixels, pixels[::-1] * 0.5])[:5]
+    ids, mask = np.concatenate([ids, ids[::-1]])[:7], np.concatenate([mask, mask[::-1]])[:7]
+    assert len(pixels) == 5 and len(ids) == 7 and len({row.tobytes() for row in pixels}) == 5
+    with open_backend(bundle, "onnxruntime", "fp32", image_micro_batch=0, text_micro_batch_tokens=0) as whole:
+        assert (whole.image_micro_batch, whole.text_micro_batch_tokens) == (None, None)
+        expected_images = whole.encode_pixels(pixels)
+        expected_texts = whole.encode_tokens(ids, mask)
+        one_by_one = np.concatenate([whole.encode_pixels(pixels[i : i + 1]) for i in range(len(pixels))])
+    width = ids.shape[1]
+    with open_backend(bundle, "onnxruntime", "fp32", image_micro_batch=2, text_micro_batch_tokens=3 * width,
+                      fused_attention=False) as parts:
+        image_rows = _spy_rows(monkeypatch, parts.visual)
+        text_rows = _spy_rows(monkeypatch, parts.textual)
+        images = parts.encode_pixels(pixels)
+        texts = parts.encode_tokens(ids, mask)
+        assert parts.text_micro_batch(width) == 3 and parts.text_micro_batch(width * 100) == 1
+    assert image_rows == [2, 2, 1] and text_rows == [3, 3, 1]
+    assert images.shape == expected_images.shape and texts.shape == expected_texts.shape
+    np.testing.assert_allclose(images, expected_images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(images, one_by_one, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(texts, expected_texts, rtol=0, atol=1e-5)
+
+
+def test_micro_batches_are_on_for_the_cpu_and_off_for_a_gpu_provider(bundle):
+    auto = ort_backend.resolve_micro_batch
+    assert auto("auto", "image_micro_batch", 2, "cpu") == 2 and auto("auto", "image_micro_batch", 2, "cuda") is None
+    assert auto(None, "x", 2, "cpu") is None and auto(0, "x", 2, "cpu") is None and auto(5, "x", 2, "cuda") == 5
+    with open_backend(bundle, "onnxruntime", "fp32") as backend:
+        assert backend.image_micro_batch == ort_backend.CPU_IMAGE_MICRO_BATCH
+        assert backend.text_micro_batch_tokens == ort_backend.CPU_TEXT_MICRO_BATCH_TOKENS
+        assert "micro-batches of 2 images / 1024 tokens" in backend.describe()
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "big", True])
+def test_a_bad_micro_batch_is_refused_with_the_option_named(bundle, value):
+    with pytest.raises(BackendError, match=r"image_micro_batch must be 'auto', a positive int.*" + str(value)):
+        open_backend(bundle, "onnxruntime", "fp32", image_micro_batch=value)
+    with pytest.raises(BackendError, match="text_micro_batch_tokens must be"):
+        open_backend(bundle, "onnxruntime", "fp32", text_micro_batch_tokens=value)
