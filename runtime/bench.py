@@ -392,6 +392,7 @@ def run_bench(
         "rows": [],
         "end_to_end": [],
         "skipped": [],
+        "runtime": [],  # what each runtime pipeline ran, in the backend's words (precision, provider, micro-batches)
     }
 
     def text_batches(texts: list[str]):
@@ -432,6 +433,8 @@ def run_bench(
                 say(f"{backend} {precision}: skipped ({exc})")
                 continue
             embedders.append(embedder)
+            report["runtime"].append({"backend": backend, "precision": precision,
+                                      "describe": embedder.backend.describe()})
             contenders.append(_Contender(
                 "runtime", backend, precision, embedder.backend.device, embedder.backend.encode_pixels,
                 lambda texts, batch, e=embedder: e.encode_texts_detailed(texts, batch_size=batch),

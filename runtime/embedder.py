@@ -243,7 +243,8 @@ class Embedder:
         trim_padding: feed the text encoder only as many token columns as the longest text of a chunk needs
         (the encoder masks padding, so the features are the same; short texts run ~20x faster than at 77).
         backend_options: for the chosen backend — onnxruntime: providers, intra_op_threads, inter_op_threads,
-        graph_optimization_level, execution_mode, fused_attention; torch: device, threads.
+        graph_optimization_level, execution_mode, fused_attention, image_micro_batch, text_micro_batch_tokens;
+        torch: device, threads.
         Raises BundleError (not a bundle, artifact changed, not deployable) or BackendError (cannot run it here).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)

@@ -42,6 +42,10 @@ def test_quick_bench_has_every_configured_row_with_ordered_percentiles(quick_rep
     assert report["end_to_end"] and all(r["images_per_s"] > 0 for r in report["end_to_end"])
     assert report["machine"]["threads"] == 2 and report["machine"]["cpu_model"]
     assert report["versions"]["onnxruntime"] and report["date"]
+    # what the runtime ran is on record: here the CPU provider with its micro-batches
+    (runtime,) = report["runtime"]
+    assert (runtime["backend"], runtime["precision"]) == ("onnxruntime", "fp32")
+    assert "CPUExecutionProvider" in runtime["describe"] and "micro-batches of 2 images" in runtime["describe"]
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="no torch: the bench runs without a baseline")
