@@ -3,7 +3,8 @@
 ``OnnxRuntimeEncoder`` runs one graph (a session, its input/output names, ``run`` and ``run_batched``; parity uses
 it alone); ``OnnxRuntimeBackend`` pairs the two graphs of one precision behind the ``Backend`` interface.
 Providers: CPU always; CUDA and TensorRT execution providers where this onnxruntime build has them
-(``available_providers()``; they come with onnxruntime-gpu).
+(``available_providers()``; they come with onnxruntime-gpu). On the CPU provider a batch runs as micro-batches
+(``image_micro_batch``, ``text_micro_batch_tokens``) whose activations stay in the caches.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ PROVIDER_ALIASES = {
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 # Micro-batches on the CPU provider ("auto"): one ONNX Runtime call per this many images, or per this many tokens
-# of text (rows = tokens // width). A batch-8 image call's largest activation is 38.5 MB, past this CPU's 32 MB
-# L3; two images (9.6 MB) stay in it. Chosen by scripts/micro_batch_sweep.py, see docs/BENCHMARKS.md. A GPU
-# provider runs whole batches: there a bigger call is a better-filled device.
+# of text (rows = tokens // width). A batch-8 image call's largest activation is 38.5 MB, past the 32 MB L3 of the
+# CPU these were measured on; two images (9.6 MB) stay in it. Chosen with scripts/micro_batch_sweep.py (figures in
+# docs/BENCHMARKS.md); run it on another CPU to choose there. A GPU provider runs whole batches: there a bigger
+# call is a better-filled device.
 CPU_IMAGE_MICRO_BATCH = 2
 CPU_TEXT_MICRO_BATCH_TOKENS = 1024
 
