@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import bench  # noqa: E402
 from runtime.backends import open_backend  # noqa: E402
+from runtime.backends.onnxruntime import even_part_rows, rows_for_tokens  # noqa: E402
 from runtime.bundle import TOKENIZER_DIR, Bundle  # noqa: E402
 from runtime.tokenizer import FastTokenizer  # noqa: E402
 
@@ -93,7 +94,8 @@ def run(args) -> dict:
             sizes = [t for t in _sizes(args.text_tokens, "--text-tokens") if t < batch * width]
             rows = _sweep(encode_tokens(ids, mask), sizes, args.repeats, say, f"{name} x {batch} (width {width})")
             report["texts"] += [{"texts": name, "batch": batch, "width": width,
-                                 "rows_per_call": (max(1, row["size"] // width) if row["size"] else batch), **row}
+                                 "rows_per_call": even_part_rows(batch, rows_for_tokens(row["size"] or None, width)),
+                                 **row}
                                 for row in rows]
     backend.close()
     return report

@@ -220,6 +220,20 @@ def resolve_micro_batch(value, option: str, cpu_default: int, device: str) -> in
     return value
 
 
+def rows_for_tokens(tokens: int | None, width: int) -> int | None:
+    """Rows of texts ``width`` tokens wide that fit in ``tokens`` (at least 1; None when ``tokens`` is None)."""
+    return None if tokens is None else max(1, tokens // max(1, width))
+
+
+def even_part_rows(rows: int, size: int | None) -> int:
+    """Rows per call when ``rows`` run in calls of at most ``size`` (None: one call), the parts as even as they can
+    be, so there is no tiny last call: 128 rows at most 28 a call run as 5 calls of 26 (the last 24)."""
+    if size is None or rows <= size:
+        return rows
+    parts = -(-rows // size)
+    return -(-rows // parts)
+
+
 def plan_device(options: dict) -> tuple[str, dict]:
     """(device, options with ``providers`` resolved) for a plan; checks the option names."""
     unknown = sorted(set(options) - set(OPTIONS))
@@ -347,10 +361,8 @@ class OnnxRuntimeBackend(Backend):
     @staticmethod
     def _run_in_parts(encoder: OnnxRuntimeEncoder, feeds: dict[str, np.ndarray], size: int | None) -> np.ndarray:
         rows = len(next(iter(feeds.values())))
-        if size is None or rows <= size:
-            return encoder.run(feeds)
-        parts = -(-rows // size)
-        return encoder.run_batched(feeds, -(-rows // parts))  # parts as even as they can be: no tiny last call
+        per_call = even_part_rows(rows, size)
+        return encoder.run(feeds) if per_call >= rows else encoder.run_batched(feeds, per_call)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         feeds = {spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)}
@@ -358,9 +370,7 @@ class OnnxRuntimeBackend(Backend):
 
     def text_micro_batch(self, width: int) -> int | None:
         """Rows per ONNX Runtime call for texts ``width`` tokens wide (None: the whole batch)."""
-        if self.text_micro_batch_tokens is None:
-            return None
-        return max(1, self.text_micro_batch_tokens // max(1, width))
+        return rows_for_tokens(self.text_micro_batch_tokens, width)
 
     def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         names = [tensor.name for tensor in spec.TEXTUAL.inputs]

@@ -183,6 +183,9 @@ def test_micro_batches_are_on_for_the_cpu_and_off_for_a_gpu_provider(bundle):
     auto = ort_backend.resolve_micro_batch
     assert auto("auto", "image_micro_batch", 2, "cpu") == 2 and auto("auto", "image_micro_batch", 2, "cuda") is None
     assert auto(None, "x", 2, "cpu") is None and auto(0, "x", 2, "cpu") is None and auto(5, "x", 2, "cuda") == 5
+    # 1024 tokens at 36 wide is 28 rows; 128 rows then run as 5 even calls of 26, not 4 x 28 and a call of 16
+    assert ort_backend.rows_for_tokens(1024, 36) == 28 and ort_backend.even_part_rows(128, 28) == 26
+    assert ort_backend.even_part_rows(7, None) == 7 and ort_backend.even_part_rows(7, 8) == 7
     with open_backend(bundle, "onnxruntime", "fp32") as backend:
         assert backend.image_micro_batch == ort_backend.CPU_IMAGE_MICRO_BATCH
         assert backend.text_micro_batch_tokens == ort_backend.CPU_TEXT_MICRO_BATCH_TOKENS
