@@ -1,4 +1,5 @@
-"""Embedding collections: what ``ruclip-tiny embed`` writes (npz or parquet) and ``ruclip-tiny search`` ranks.
+"""Embedding collections: what ``ruclip-tiny embed`` writes (npz or parquet) and ``ruclip-tiny search`` ranks; the
+folder jobs of ``embed`` and ``classify``.
 
 A collection holds ``ids`` (image paths, or 1-based line numbers of a text file), ``embeddings`` float32 [N, 768]
 (row i belongs to ids[i]), ``failed_ids`` / ``failed_errors`` for the items that could not be embedded, and
@@ -117,7 +118,8 @@ def output_format(path: str | os.PathLike) -> str:
             import pyarrow  # noqa: F401
         except ImportError:
             raise CollectionError(
-                f"--out {path}: writing parquet needs pyarrow (pip install 'ruclip-tiny[parquet]'), or use .npz"
+                f"--out {path}: writing parquet needs pyarrow (the parquet extra: pip install '.[parquet]' in a "
+                "checkout of ruclip-tiny), or use .npz"
             ) from None
         return "parquet"
     if suffix == ".npz":
@@ -145,14 +147,27 @@ def image_paths(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
-def text_lines(path: str | os.PathLike) -> list[str]:
-    """The texts of a UTF-8 file, one per line (line i is text id i, 1-based); an empty line is an empty text."""
+def text_lines(path: str | os.PathLike, option: str = "--texts") -> list[str]:
+    r"""The texts of a UTF-8 file, one per line (line i is text id i, 1-based); an empty line is an empty text.
+
+    Lines end at ``\n`` or ``\r\n`` only, as an editor or ``wc -l`` counts them: ``str.splitlines`` would also
+    split inside a line at U+2028, U+2029, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e`` and ``\x85``, and shift
+    every id after it. A final line without ``\n`` is a line; a file ending in ``\n`` has no extra empty line.
+    ``option`` names the file in errors (``--texts``, ``--labels-file``).
+    """
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8", newline="") as handle:  # newline="": no translation of lone "\r"
+            text = handle.read()
     except FileNotFoundError:
-        raise CollectionError(f"--texts {path}: no such file") from None
+        raise CollectionError(f"{option} {path}: no such file") from None
+    except OSError as exc:  # a directory, no permission
+        raise CollectionError(f"{option} {path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise CollectionError(f"--texts {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise CollectionError(f"{option} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def embed_images(embedder, paths: Sequence[Path], normalize: bool = True, batch_size: int | None = None,
@@ -190,6 +205,33 @@ def embed_texts(embedder, texts: Sequence[str], normalize: bool = True, batch_si
     return Collection([str(i + 1) for i in range(len(texts))], embeddings, metadata=metadata)
 
 
+@dataclass
+class Classification:
+    """Zero-shot answers for the images that could be decoded: ``ids`` (N paths), ``probabilities`` float32
+    [N, len(labels)] (row i for ids[i], each summing to 1), and ``failed_ids`` / ``failed_errors`` for the rest."""
+
+    ids: list[str]
+    probabilities: np.ndarray
+    failed_ids: list[str]
+    failed_errors: list[str]
+
+
+def classify_images(embedder, paths: Sequence[Path], labels: Sequence[str], template: str = "{}",
+                    batch_size: int | None = None, progress: Callable | None = None) -> Classification:
+    """Zero-shot classify image files against ``labels`` (each put into ``template``), JOB_CHUNK images at a time:
+    softmax over labels of ``logit_scale · cosine``, as ``Embedder.classify``; an undecodable file is listed among
+    the failures and the other images are still answered."""
+    from runtime.bundle import BundleError
+    from runtime.embedder import zero_shot_probabilities
+
+    if embedder.logit_scale is None:
+        raise BundleError(f"{embedder.bundle.root}/manifest.json has no logit_scale; re-export the bundle")
+    texts = embedder.encode_texts([template.format(label) for label in labels], batch_size=batch_size)
+    images = embed_images(embedder, paths, normalize=True, batch_size=batch_size, progress=progress)
+    probabilities = zero_shot_probabilities(images.embeddings, texts, embedder.logit_scale)
+    return Classification(images.ids, probabilities, images.failed_ids, images.failed_errors)
+
+
 def _metadata(embedder, kind: str, normalize: bool) -> dict:
     manifest = embedder.bundle.manifest
     return {
@@ -201,4 +243,5 @@ def _metadata(embedder, kind: str, normalize: bool) -> dict:
         "precision": embedder.precision,
         "normalized": normalize,
         "dim": embedder.dim,
+        "exif_transpose": bool(getattr(embedder, "exif_transpose", False)),
     }

@@ -116,3 +116,68 @@ def test_bad_output_name_and_missing_collection_are_clear_errors(embedder, tmp_p
     assert "use a .npz or .parquet" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "none.npz"), "кошка"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"])
+def test_text_lines_split_on_newlines_only_so_ids_are_line_numbers(tmp_path, separator):
+    path = tmp_path / "captions.txt"
+    path.write_bytes(f"кошка\r\nсобака{separator}на диване\n\nракета\nпоследняя".encode())
+    lines = text_lines(path)
+    assert lines == ["кошка", f"собака{separator}на диване", "", "ракета", "последняя"]
+    assert lines[5 - 1] == "последняя"  # id "5" is line 5, as an editor numbers it
+
+
+def test_text_lines_final_newline_adds_no_empty_text_and_a_lone_cr_stays_inside_its_line(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_bytes("один\nдва\rтри\n".encode())
+    assert text_lines(path) == ["один", "два\rтри"]
+    path.write_bytes(b"")
+    assert text_lines(path) == []
+
+
+def test_text_lines_errors_name_the_option_and_the_file(tmp_path):
+    with pytest.raises(CollectionError, match="--labels-file .*missing.txt: no such file"):
+        text_lines(tmp_path / "missing.txt", "--labels-file")
+    with pytest.raises(CollectionError, match="--texts .*: cannot be read"):
+        text_lines(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(CollectionError, match="not UTF-8"):
+        text_lines(tmp_path / "latin1.txt")
+
+
+def test_embed_texts_gives_one_row_per_line_when_lines_hold_unicode_separators(embedder, tmp_path):
+    texts = tmp_path / "captions.txt"
+    lines = ["кошка", "собака\u2028на диване", "ракета\x0cв небе", "чашка\x85кофе", "монеты"]
+    texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "texts.npz"
+    assert main(["embed", str(embedder.bundle.root), "--texts", str(texts), "--out", str(out)]) == 0
+    collection = Collection.load(out)
+    assert collection.ids == ["1", "2", "3", "4", "5"]
+    np.testing.assert_allclose(collection.embeddings, embedder.encode_texts(lines), atol=1e-6)
+
+
+def test_classify_answers_every_good_image_and_lists_the_broken_ones(photo_folder, embedder, capsys):
+    labels = ["кошка", "ракета", "диаграмма"]
+    assert main(["classify", str(embedder.bundle.root), str(photo_folder), "--labels", ",".join(labels)]) == 0
+    out = capsys.readouterr().out
+    good = [path for path in image_paths([str(photo_folder)]) if path.name not in ("empty.jpg", "notes.jpg", "cut.jpg")]
+    expected = embedder.classify(good, labels)
+    for path, row in zip(good, expected):
+        block = out.split(f"{path}\n", 1)[1].splitlines()[:3]
+        printed = {line.split()[0]: float(line.split()[1]) for line in block}
+        assert printed == pytest.approx(dict(zip(labels, row.tolist())), abs=1e-4)
+    assert "7 images classified, 3 failed" in out
+    for name in ("empty.jpg", "notes.jpg", "sub/cut.jpg"):
+        assert f"failed: {photo_folder / name}: " in out
+
+
+def test_strict_exits_1_when_an_item_failed_and_0_when_none_did(photo_folder, embedder, tmp_path, capsys):
+    root = str(embedder.bundle.root)
+    out = tmp_path / "photos.npz"
+    assert main(["embed", root, "--images", str(photo_folder), "--out", str(out), "--strict"]) == 1
+    assert len(Collection.load(out).failed_ids) == 3  # still written, failures listed
+    good = [str(photo) for photo in demo_photos()]
+    assert main(["embed", root, "--images", *good, "--out", str(out), "--strict"]) == 0
+    assert main(["classify", root, str(photo_folder), "--labels", "кошка,ракета", "--strict"]) == 1
+    assert main(["classify", root, *good, "--labels", "кошка,ракета", "--strict"]) == 0
+    capsys.readouterr()
