@@ -361,6 +361,7 @@ def run_bench(
     if threads < 1:
         raise BenchError(f"--threads must be at least 1, got {threads}")
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    check_backends_can_run(bundle, backends, precisions)
     tokenizer = FastTokenizer.from_directory(bundle.path(TOKENIZER_DIR))
     inputs = load_inputs(bundle, tokenizer)
     timing = {"repeats": repeats, "warmup": warmup, "time_budget_s": time_budget_s}
@@ -454,6 +455,26 @@ def run_bench(
     if out_dir is not None:
         write_report(report, out_dir)
     return report
+
+
+def check_backends_can_run(bundle: Bundle, backends: Sequence[str], precisions: Sequence[str]) -> None:
+    """Refuse, in the time a plan takes and before the baseline runs for minutes, a requested backend that cannot
+    run here at any of ``precisions`` (e.g. tensorrt without TensorRT, a GPU or engines): BenchError with each
+    reason. A backend that runs at some of them only has the others listed under ``skipped`` of the report."""
+    from runtime.backends import plan_backend
+
+    for backend in backends:
+        reasons = []
+        for precision in precisions:
+            try:
+                plan_backend(bundle, backend, precision)
+            except RuclipTinyError as exc:
+                reasons.append(f"{precision}: {exc}")
+        if len(reasons) == len(precisions):
+            raise BenchError(
+                f"--backends {backend} cannot run on this machine at --precisions {','.join(precisions)}: "
+                + "; ".join(reasons)
+            )
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict:

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ruclip_tiny import spec
 from ruclip_tiny.errors import ImageDecodeError
@@ -111,6 +111,32 @@ def _image_of(item: object, label: str) -> Image.Image:
     )
 
 
+class ExifTransposedTransform:
+    """``transform`` applied after ``PIL.ImageOps.exif_transpose``: a photo is first turned the way its EXIF
+    orientation tag says. A departure from the reference, which never applied EXIF orientation (nor did the model's
+    training), so it is opt-in: ``exif_transpose=True`` of the Embedder, ``--exif-transpose`` of the CLI."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception as err:  # noqa: BLE001 — a malformed EXIF block can fail in many ways; each is one answer
+            raise ImageDecodeError(f"its EXIF orientation cannot be read ({type(err).__name__}: {err})") from err
+        return self.transform(upright)
+
+    def __repr__(self) -> str:
+        return f"ExifTransposed({self.transform!r})"
+
+
+def image_preprocessing(exif_transpose: bool = False):
+    """The callable ``PIL.Image -> float32 [3, 224, 224]`` the embedder and the server use: the original
+    preprocessing, after EXIF orientation only when ``exif_transpose`` (off: the reference's behaviour)."""
+    transform = image_transform()
+    return ExifTransposedTransform(transform) if exif_transpose else transform
+
+
 def preprocess_item(transform, index: int, item: object) -> np.ndarray | ImageItemError:
     """float32 [3, 224, 224] for one item, or the ImageItemError saying why not (returned, so a batch collects them)."""
     label = item_label(item)
@@ -191,7 +217,8 @@ class Embedder:
     (the multiplier, exp of the stored parameter; None if the manifest lacks it), ``dim`` (768), ``synthetic``
     (the bundle was exported from synthetic weights), ``selection`` (why this backend: what ``auto`` chose),
     ``batch_size`` (the default chunk size), ``trim_padding`` (texts run without the padding columns no text of a
-    chunk needs), ``last_truncated`` (indices cut at 77 tokens by this object's last ``encode_texts`` call).
+    chunk needs), ``last_truncated`` (indices cut at 77 tokens by this object's last ``encode_texts`` call),
+    ``exif_transpose`` (images are turned by their EXIF orientation first: off by default, as in the reference).
     """
 
     def __init__(
@@ -202,6 +229,7 @@ class Embedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         decode_workers: int | None = None,
         trim_padding: bool = True,
+        exif_transpose: bool = False,
     ):
         self.backend = backend
         self.bundle = bundle
@@ -217,7 +245,8 @@ class Embedder:
         checkpoint = manifest.get("checkpoint") or {}
         self.synthetic = bool(manifest.get("synthetic", checkpoint.get("synthetic", False)))
         self.last_truncated: list[int] = []
-        self._transform = image_transform()
+        self.exif_transpose = bool(exif_transpose)
+        self._transform = image_preprocessing(self.exif_transpose)
         self._tokenizer = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -232,6 +261,7 @@ class Embedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         decode_workers: int | None = None,
         trim_padding: bool = True,
+        exif_transpose: bool = False,
         **backend_options,
     ) -> "Embedder":
         """Open ``bundle`` with ``backend`` ("auto", "onnxruntime", "torch", "tensorrt") at ``precision`` ("auto":
@@ -242,6 +272,8 @@ class Embedder:
         batch_size: default rows per backend call; decode_workers: image decoding threads.
         trim_padding: feed the text encoder only as many token columns as the longest text of a chunk needs
         (the encoder masks padding, so the features are the same; short texts run ~20x faster than at 77).
+        exif_transpose: turn each image by its EXIF orientation tag before the preprocessing — a departure from the
+        reference, which never did (off: the original model's behaviour; a sideways phone photo stays sideways).
         backend_options: for the chosen backend — onnxruntime: providers, intra_op_threads, inter_op_threads,
         graph_optimization_level, execution_mode, fused_attention, image_micro_batch, text_micro_batch_tokens;
         torch: device, threads.
@@ -255,7 +287,7 @@ class Embedder:
             verify_tokenizer(bundle)
         opened = plan.open(bundle)
         logger.info("embedder: %s from %s (%s)", opened.describe(), bundle.root, plan.reason)
-        return cls(opened, bundle, plan.reason, batch_size, decode_workers, trim_padding)
+        return cls(opened, bundle, plan.reason, batch_size, decode_workers, trim_padding, exif_transpose)
 
     # --- lifecycle ---
 

@@ -110,6 +110,41 @@ def thresholds_for(precision: str) -> Thresholds:
     return THRESHOLDS[precision]
 
 
+def polygraphy_command(bundle_root: str | Path, encoder: str, precision: str = "fp16", runner: str = "--trt") -> list[str]:
+    """The ``polygraphy run`` argv that checks one graph of a bundle (``encoder``: visual or textual) against the
+    probe's stored reference outputs with Polygraphy itself, on ``runner`` (``--trt``: a TensorRT engine built from
+    it; ``--onnxrt``: ONNX Runtime), at tolerances derived from ``THRESHOLDS[precision]``.
+
+    Polygraphy judges elements, the parity gate judges rows. A row at the gate's ``min_cosine`` c (norm unchanged)
+    lies ``||d|| <= ||r|| * sqrt(2 (1 - c))`` from its reference r, so its mean absolute element error is at most
+    ``||r|| * sqrt(2 (1 - c)) / sqrt(D)`` (a mean is at most the root mean square). That bound, with the largest
+    reference row norm of the probe, is ``--atol``, checked on the mean (``--check-error-stat mean``); ``--rtol 0``
+    leaves the verdict to it (the relative error of an element near zero says nothing). Polygraphy's default, 1e-5
+    on every element, fails a correct FP16 graph, whose elements move by up to ~4e-3.
+    Raises BundleError when the bundle has no probe reference to read the norms from.
+    """
+    from runtime.bundle import POLYGRAPHY_DIR, onnx_file
+
+    root = Path(bundle_root)
+    encoder_spec = spec.ENCODERS[encoder]
+    (output,) = encoder_spec.outputs
+    try:
+        with np.load(root / PROBE_REFERENCE, allow_pickle=False) as stored:
+            reference = np.asarray(stored[output.name], dtype=np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise BundleError(f"{root / PROBE_REFERENCE}: no {output.name} reference to derive tolerances from ({exc}); "
+                          "re-export the bundle") from None
+    largest_norm = float(np.linalg.norm(reference, axis=1).max())
+    min_cosine = thresholds_for(precision).min_cosine
+    atol = largest_norm * np.sqrt(2 * (1 - min_cosine)) / np.sqrt(reference.shape[1])
+    return [
+        "polygraphy", "run", str(root / onnx_file(encoder, precision)), runner,
+        "--load-inputs", str(root / POLYGRAPHY_DIR / f"{encoder}_inputs.json"),
+        "--load-outputs", str(root / POLYGRAPHY_DIR / f"{encoder}_outputs.json"),
+        "--check-error-stat", "mean", "--atol", f"{atol:.3g}", "--rtol", "0",
+    ]
+
+
 # --- metrics: numpy in, plain Python numbers out ---------------------------------------------------------------
 
 

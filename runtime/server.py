@@ -41,11 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from ruclip_tiny import spec
-from ruclip_tiny.transform import image_transform
 from runtime.batching import BatchObserver, BatcherClosed, DynamicBatcher, QueueFull
 from runtime.embedder import (
     Embedder,
     ImageItemError,
+    image_preprocessing,
     l2_normalize,
     preprocess_item,
     zero_shot_probabilities,
@@ -67,7 +67,8 @@ class ServerSettings:
     beyond which requests get 503; max_items: texts, images or labels per request; max_image_bytes: encoded
     size of one image; max_text_chars: characters of one text (a label with its template); max_body_bytes: size
     of one request body; decode_workers: image decoding threads (None: min(8, CPUs)); retry_after_s: the
-    Retry-After of 503 answers.
+    Retry-After of 503 answers; exif_transpose: turn images by their EXIF orientation before preprocessing (a
+    departure from the reference, off by default).
     """
 
     max_batch: int = 64
@@ -81,6 +82,7 @@ class ServerSettings:
     max_body_bytes: int = 32 * MIB
     decode_workers: int | None = None
     retry_after_s: int = 1
+    exif_transpose: bool = False
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue_items", "max_items", "max_image_bytes", "max_text_chars",
@@ -250,7 +252,7 @@ class EmbeddingService:
         self.embedder: Embedder | None = None
         self.state = "loading"  # loading -> warming -> ready | failed
         self.failure: str | None = None
-        self._transform = image_transform()
+        self._transform = image_preprocessing(settings.exif_transpose)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer")
         self._decoding = ThreadPoolExecutor(
             settings.decode_workers or min(8, os.cpu_count() or 1), thread_name_prefix="ruclip-decode"

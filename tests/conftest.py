@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# No test opens a connection beyond loopback: a tokenizer given as a Hugging Face id is never fetched from the hub.
+# Set at import, before transformers / huggingface_hub read it (they read it once, when first imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 
 from tests.legacy_inputs import SYNTHETIC_SEED
 
