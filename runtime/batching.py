@@ -4,7 +4,9 @@ One ``DynamicBatcher`` per encoder (texts, images) runs on the server's event lo
 (``admit``: the bounded queue says yes or raises ``QueueFull`` before the request decodes anything, so memory stays
 bounded), then ``submit``s its items and awaits its own rows. The batcher's loop takes queued requests in arrival
 order until ``max_batch`` items, runs them as ONE blocking backend call in a worker thread, and hands each request
-exactly its slice of the result: row i of a request's answer always belongs to its item i.
+exactly its slice of the result: row i of a request's answer always belongs to its item i. A request of more than
+``max_batch`` items runs as several calls of at most ``max_batch``: with batchers sharing one worker thread (first
+in, first out), another batcher's call waits for one call, never for a whole large request.
 
 When to run: at once when nothing else is on its way (a lone request never waits), otherwise up to ``max_wait_s``
 after the oldest queued request while requests that have already reached the server (``arrival``) are still being
@@ -13,6 +15,10 @@ read or decoded, or until ``max_batch`` items are queued. With ``batching=False`
 
 Isolation: if a merged call raises, each request of it is rerun alone, so one request whose items break the backend
 fails only itself. Per-item problems (an undecodable image) never reach the batcher: requests submit decoded items.
+
+Cancellation: a request whose ``submit`` is cancelled (its client left) leaves the queue at once and its items never
+run; items of a batch already taken are dropped between its calls once every request of the batch was cancelled.
+Both are reported to ``BatchObserver.cancelled``.
 """
 
 from __future__ import annotations
@@ -40,14 +46,16 @@ class BatcherClosed(Exception):
 @dataclass
 class BatchObserver:
     """Callbacks for metrics (all optional): ``batch(kind, items, requests, seconds)`` after each backend call,
-    ``queue_wait(kind, seconds)`` per request when its batch starts, ``queue_depth(kind, items)`` on every change."""
+    ``queue_wait(kind, seconds)`` per request when its batch starts, ``queue_depth(kind, items)`` on every change,
+    ``cancelled(kind, items)`` for items dropped unrun because their requests were cancelled."""
 
     batch: Callable[[str, int, int, float], None] = lambda kind, items, requests, seconds: None
     queue_wait: Callable[[str, float], None] = lambda kind, seconds: None
     queue_depth: Callable[[str, int], None] = lambda kind, items: None
+    cancelled: Callable[[str, int], None] = lambda kind, items: None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes exactly the request that was cancelled
 class _Request:
     items: list
     future: asyncio.Future
@@ -87,7 +95,8 @@ class Admission:
 
 
 class DynamicBatcher:
-    """Merges concurrent requests into backend calls of at most ``max_batch`` items.
+    """Merges concurrent requests into backend calls of at most ``max_batch`` items (``max_batch`` may be changed
+    while the batcher runs; the next batch follows it).
 
     kind: a label for metrics and logs ("text", "image"). run_batch: blocking ``items -> results`` (one result per
     item, in order), called in ``executor``. max_wait_s: the longest the oldest request waits for company.
@@ -181,7 +190,14 @@ class DynamicBatcher:
             if arrival is not None:
                 arrival.done()
             self._poke()
-            return await request.future
+            try:
+                return await request.future
+            except asyncio.CancelledError:
+                if request in self._queue:  # not taken into a batch yet: its items never run
+                    self._queue.remove(request)
+                    self._observer.cancelled(self.kind, len(items))
+                    self._poke()
+                raise
         finally:
             if arrival is not None:
                 arrival.done()
@@ -218,11 +234,13 @@ class DynamicBatcher:
                 deadline = self._queue[0].enqueued + self.max_wait_s
                 # Wait only for requests already inside the server: with none on the way, waiting adds latency and
                 # gains nothing (so a lone client sees no batching delay at all).
-                while self._queued() < self.max_batch and self._arriving > 0:
+                while self._queue and self._queued() < self.max_batch and self._arriving > 0:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
                     await self._wait_change(left)
+                if not self._queue:  # every queued request was cancelled while it waited for company
+                    continue
             batch = self._take()
             await self._run(batch)
 
@@ -240,13 +258,9 @@ class DynamicBatcher:
         return batch
 
     async def _run(self, batch: list[_Request]) -> None:
-        loop = asyncio.get_running_loop()
         items = [item for request in batch for item in request.items]
-        started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, items)
-            if len(results) != len(items):
-                raise RuntimeError(f"{self.kind} batch returned {len(results)} results for {len(items)} items")
+            results = await self._call(batch, items)
         except Exception as merged_error:  # noqa: BLE001 - isolated per request below
             if len(batch) == 1:
                 _resolve(batch[0].future, error=merged_error)
@@ -254,13 +268,36 @@ class DynamicBatcher:
             logger.warning("%s batch of %d requests failed (%s); rerunning each alone", self.kind, len(batch),
                            merged_error)
             for request in batch:
-                await self._run([request])
+                if not request.future.done():
+                    await self._run([request])
             return
-        self._observer.batch(self.kind, len(items), len(batch), time.perf_counter() - started)
+        if results is None:  # every request of the batch was cancelled
+            return
         offset = 0
         for request in batch:
             _resolve(request.future, result=list(results[offset : offset + len(request.items)]))
             offset += len(request.items)
+
+    async def _call(self, batch: list[_Request], items: list) -> list | None:
+        """``run_batch`` over ``items`` in calls of at most ``max_batch``, results in order; None when every request
+        of ``batch`` was cancelled before the remaining calls (those items are reported as cancelled, not run)."""
+        loop = asyncio.get_running_loop()
+        size = self.max_batch
+        owners = [number for number, request in enumerate(batch) for _ in request.items]  # request of each item
+        results: list = []
+        for start in range(0, len(items), size):
+            if all(request.future.done() for request in batch):
+                self._observer.cancelled(self.kind, len(items) - start)
+                return None
+            part = items[start : start + size]
+            started = time.perf_counter()
+            rows = await loop.run_in_executor(self._executor, self._run_batch, part)
+            if len(rows) != len(part):
+                raise RuntimeError(f"{self.kind} batch returned {len(rows)} results for {len(part)} items")
+            self._observer.batch(self.kind, len(part), len(set(owners[start : start + size])),
+                                 time.perf_counter() - started)
+            results.extend(rows)
+        return results
 
 
 def _resolve(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
