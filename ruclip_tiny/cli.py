@@ -4,6 +4,7 @@ later ``embed``/``serve``) run on a torch-free install."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from .errors import RuclipTinyError
 from .progress import StageTimer
+from .transform import DEFAULT_MAX_IMAGE_PIXELS
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -20,6 +22,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     photos = [Path(p) for p in args.images] if args.images else demo.demo_photos()
     shown, distractors = demo.demo_labels()
     labels = args.labels.split(",") if args.labels else sorted(set(shown.values())) + list(distractors)
+    _check_template(args.template, labels)  # before the model loads: a bad template costs nothing
 
     print("ruclip-tiny demo: zero-shot scores of the reference model")
     timer = StageTimer()
@@ -86,10 +89,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+def _check_template(template: str, labels: list[str]) -> None:
+    from .template import TemplateError, fill_template
+
+    try:
+        fill_template(template, labels)
+    except TemplateError as exc:
+        raise TemplateError(f"--template: {exc}") from None
+
+
 def _load_embedder(args: argparse.Namespace, bundle: str):
     from runtime.embedder import Embedder
 
     options = {"batch_size": args.batch_size} if args.batch_size else {}
+    if getattr(args, "max_image_pixels", None) is not None:
+        options["max_image_pixels"] = args.max_image_pixels
     embedder = Embedder.load(bundle, backend=args.backend, precision=args.precision,
                              exif_transpose=getattr(args, "exif_transpose", False), **options)
     print(f"{embedder.backend.describe()} ({embedder.selection})", file=sys.stderr)
@@ -131,6 +145,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if not labels:
         raise collection.CollectionError("no labels given: pass --labels \"кошка,собака\" or --labels-file FILE")
+    _check_template(args.template, labels)
     paths = collection.image_paths(args.images)
     embedder = _load_embedder(args, args.bundle)
     result = collection.classify_images(embedder, paths, labels, template=args.template, batch_size=args.batch_size)
@@ -191,6 +206,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_queue_items=args.max_queue_items, max_items=args.max_items, max_image_bytes=args.max_image_bytes,
             max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
             decode_workers=args.decode_workers, exif_transpose=args.exif_transpose,
+            max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
+            api_key=args.api_key if args.api_key is not None else os.environ.get("RUCLIP_TINY_API_KEY") or None,
         )
     except ValueError as exc:
         raise RuclipTinyError(f"serve: {exc}") from None
@@ -202,6 +219,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("SYNTHETIC weights: the embeddings prove the toolchain, they mean nothing (/v1/info says so too)")
     batching = "off" if args.no_batching else f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms"
     print(f"dynamic batching: {batching}; http://{args.host}:{args.port} (/readyz turns 200 after warm-up)")
+    if settings.api_key:
+        print("API key set: every endpoint but /healthz and /readyz needs 'Authorization: Bearer KEY'")
     uvicorn.run(create_app(embedder, settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.graceful_timeout)
     return 0
@@ -300,6 +319,14 @@ def _add_exif_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pixel_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="most pixels (width x height) of one image, read from its header before decoding; a larger image is "
+        "listed as a failure (default 60000000: a 48 MP photo passes)",
+    )
+
+
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
                         help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
@@ -358,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="OUT.npz or OUT.parquet")
     embed.add_argument("--no-normalize", action="store_true", help="keep the raw features (default: L2-normalised)")
     _add_exif_option(embed)
+    _add_pixel_limit_option(embed)
     embed.add_argument("--strict", action="store_true",
                        help="exit 1 when any item failed (the collection is still written, failures listed)")
     _add_backend_options(embed)
@@ -372,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--template", default="{}", help='text template for each label, e.g. "фото: {}"')
     classify.add_argument("--top", type=positive_int, default=5, help="labels shown per image (default 5)")
     _add_exif_option(classify)
+    _add_pixel_limit_option(classify)
     classify.add_argument("--strict", action="store_true",
                           help="exit 1 when any image could not be classified (the others are still answered)")
     _add_backend_options(classify)
@@ -450,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                        help="uvicorn's log level")
     _add_exif_option(serve)
+    serve.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                       help="most pixels of one image, from its header before decoding; a larger one is answered "
+                       "null with an errors entry (default 60000000)")
+    serve.add_argument("--max-request-pixels", type=positive_int, default=256_000_000,
+                       help="most pixels of all images of one request, from their headers; over it: 413 "
+                       "(default 256000000)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz "
+                       "(default: $RUCLIP_TINY_API_KEY if set, else no key)")
     serve.add_argument("--allow-not-deployable", action="store_true",
                        help="serve artifacts whose parity check has not passed")
     serve.set_defaults(func=_cmd_serve)

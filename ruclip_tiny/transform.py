@@ -43,6 +43,10 @@ from ruclip_tiny.spec import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 """What ``load_image`` accepts: a path, the encoded bytes, or a binary file object."""
 
+DEFAULT_MAX_IMAGE_PIXELS = 60_000_000
+"""The runtime's default limit on one image's pixels (``--max-image-pixels``): a 48 MP phone photo passes; a
+9400x9400 PNG of 280 KB, which costs 265 MB and 1.5 s of CPU to decode, does not."""
+
 _MEAN = np.asarray(IMAGE_MEAN, dtype=np.float32)[:, None, None]
 _STD = np.asarray(IMAGE_STD, dtype=np.float32)[:, None, None]
 
@@ -251,6 +255,26 @@ def _check_pixel_count(image: Image.Image, label: str) -> None:
         )
 
 
+def _check_pixel_limit(image: Image.Image, label: str, max_pixels: int | None) -> None:
+    """Refuse an image over the caller's own limit, from its header (``Image.open`` has not decoded it yet)."""
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{label}: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
+            f"(max_image_pixels; CLI: --max-image-pixels); downscale it first (the model sees {IMAGE_SIZE}x{IMAGE_SIZE})"
+        )
+
+
+def image_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of encoded image bytes, read from the header without decoding the pixels; None when Pillow
+    cannot read the header (``load_image`` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return None
+
+
 def _broken_image(label: str, err: Exception) -> ImageDecodeError:
     """The error for a file Pillow recognised but could not decode. Pillow names truncation in most
     formats ("image file is truncated", "Truncated File Read"), not in all (WebP: "could not create
@@ -259,15 +283,16 @@ def _broken_image(label: str, err: Exception) -> ImageDecodeError:
     return ImageDecodeError(f"{label}: image is {what} and cannot be decoded ({type(err).__name__}: {err})")
 
 
-def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
+def load_image(source: ImageSource, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` (path, bytes or binary file object) into a fully loaded ``PIL.Image``.
 
     The image keeps the mode its file gives it (the preprocessing depends on it) and its EXIF orientation
     is NOT applied (the original model never applied it). ``name`` labels the image in error messages
     (default: the path, the file object's name, or "<bytes>"); a caller with a batch passes e.g. "images[3]".
+    ``max_pixels``: refuse an image with more pixels (width x height, from its header, before decoding).
 
     Raises ImageDecodeError naming the image for: a missing or unreadable file, 0 bytes, data that is not
-    an image, a truncated or corrupt image, and an image above ``PIL.Image.MAX_IMAGE_PIXELS``.
+    an image, a truncated or corrupt image, an image above ``max_pixels`` or ``PIL.Image.MAX_IMAGE_PIXELS``.
     Truncation is caught through Pillow, so not if the process set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
     """
     label = _describe(source, name)
@@ -287,6 +312,7 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise _broken_image(label, err) from err
     _check_pixel_count(image, label)
+    _check_pixel_limit(image, label, max_pixels)
     try:
         image.load()
     except Image.DecompressionBombError as err:  # some formats only learn their true size while decoding

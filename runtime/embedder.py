@@ -25,7 +25,8 @@ from PIL import Image, ImageOps
 
 from ruclip_tiny import spec
 from ruclip_tiny.errors import ImageDecodeError
-from ruclip_tiny.transform import image_transform, load_image
+from ruclip_tiny.template import fill_template
+from ruclip_tiny.transform import DEFAULT_MAX_IMAGE_PIXELS, image_transform, load_image
 from runtime.backends import Backend, BackendError, plan_backend
 from runtime.bundle import TOKENIZER_DIR, Bundle, BundleError
 
@@ -93,8 +94,9 @@ def item_label(item: object) -> str:
     return name if isinstance(name, str) else f"<{type(item).__name__}>"
 
 
-def _image_of(item: object, label: str) -> Image.Image:
-    """The PIL image of an input item; raises ImageDecodeError (message prefixed with ``label``) or TypeError."""
+def _image_of(item: object, label: str, max_pixels: int | None = None) -> Image.Image:
+    """The PIL image of an input item; raises ImageDecodeError (message prefixed with ``label``) or TypeError.
+    ``max_pixels`` limits encoded items (paths, bytes, files), checked from the header before decoding."""
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
@@ -104,7 +106,7 @@ def _image_of(item: object, label: str) -> Image.Image:
             )
         return Image.fromarray(np.ascontiguousarray(item))
     if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(item, "read"):
-        return load_image(item, name=label)
+        return load_image(item, name=label, max_pixels=max_pixels)
     raise TypeError(
         f"an image must be a path, bytes, a binary file object, a PIL image or a uint8 [H, W, 3] array, "
         f"got {type(item).__name__}"
@@ -137,11 +139,14 @@ def image_preprocessing(exif_transpose: bool = False):
     return ExifTransposedTransform(transform) if exif_transpose else transform
 
 
-def preprocess_item(transform, index: int, item: object) -> np.ndarray | ImageItemError:
-    """float32 [3, 224, 224] for one item, or the ImageItemError saying why not (returned, so a batch collects them)."""
+def preprocess_item(
+    transform, index: int, item: object, max_pixels: int | None = None
+) -> np.ndarray | ImageItemError:
+    """float32 [3, 224, 224] for one item, or the ImageItemError saying why not (returned, so a batch collects them);
+    an encoded item with more than ``max_pixels`` pixels is refused from its header, before it is decoded."""
     label = item_label(item)
     try:
-        return transform(_image_of(item, label))
+        return transform(_image_of(item, label, max_pixels))
     except ImageDecodeError as err:
         reason = str(err).removeprefix(f"{label}: ")
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # a lazily loaded PIL image failing in resize
@@ -218,7 +223,8 @@ class Embedder:
     (the bundle was exported from synthetic weights), ``selection`` (why this backend: what ``auto`` chose),
     ``batch_size`` (the default chunk size), ``trim_padding`` (texts run without the padding columns no text of a
     chunk needs), ``last_truncated`` (indices cut at 77 tokens by this object's last ``encode_texts`` call),
-    ``exif_transpose`` (images are turned by their EXIF orientation first: off by default, as in the reference).
+    ``exif_transpose`` (images are turned by their EXIF orientation first: off by default, as in the reference),
+    ``max_image_pixels`` (an encoded image with more pixels is a failure, refused before it is decoded).
     """
 
     def __init__(
@@ -230,6 +236,7 @@ class Embedder:
         decode_workers: int | None = None,
         trim_padding: bool = True,
         exif_transpose: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         self.backend = backend
         self.bundle = bundle
@@ -246,6 +253,7 @@ class Embedder:
         self.synthetic = bool(manifest.get("synthetic", checkpoint.get("synthetic", False)))
         self.last_truncated: list[int] = []
         self.exif_transpose = bool(exif_transpose)
+        self.max_image_pixels = max_image_pixels
         self._transform = image_preprocessing(self.exif_transpose)
         self._tokenizer = None
         self._pool: ThreadPoolExecutor | None = None
@@ -262,6 +270,7 @@ class Embedder:
         decode_workers: int | None = None,
         trim_padding: bool = True,
         exif_transpose: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         **backend_options,
     ) -> "Embedder":
         """Open ``bundle`` with ``backend`` ("auto", "onnxruntime", "torch", "tensorrt") at ``precision`` ("auto":
@@ -274,6 +283,8 @@ class Embedder:
         (the encoder masks padding, so the features are the same; short texts run ~20x faster than at 77).
         exif_transpose: turn each image by its EXIF orientation tag before the preprocessing — a departure from the
         reference, which never did (off: the original model's behaviour; a sideways phone photo stays sideways).
+        max_image_pixels: an encoded image (path, bytes, file) with more pixels is refused from its header, before
+        it is decoded: a failure like an undecodable image (None: only Pillow's own limit).
         backend_options: for the chosen backend — onnxruntime: providers, intra_op_threads, inter_op_threads,
         graph_optimization_level, execution_mode, fused_attention, image_micro_batch, text_micro_batch_tokens;
         torch: device, threads.
@@ -287,7 +298,8 @@ class Embedder:
             verify_tokenizer(bundle)
         opened = plan.open(bundle)
         logger.info("embedder: %s from %s (%s)", opened.describe(), bundle.root, plan.reason)
-        return cls(opened, bundle, plan.reason, batch_size, decode_workers, trim_padding, exif_transpose)
+        return cls(opened, bundle, plan.reason, batch_size, decode_workers, trim_padding, exif_transpose,
+                   max_image_pixels)
 
     # --- lifecycle ---
 
@@ -368,7 +380,7 @@ class Embedder:
 
         def submit(start: int) -> list[Future]:
             return [
-                pool.submit(preprocess_item, self._transform, index, items[index])
+                pool.submit(preprocess_item, self._transform, index, items[index], self.max_image_pixels)
                 for index in range(start, min(start + size, len(items)))
             ]
 
@@ -457,12 +469,16 @@ class Embedder:
         self, images: Iterable[object], labels: Sequence[str], template: str = "{}", batch_size: int | None = None
     ) -> np.ndarray:
         """Zero-shot probabilities float32 [N, len(labels)]: softmax over labels of
-        ``logit_scale · cosine(image, text(template.format(label)))``; each row sums to 1."""
+        ``logit_scale · cosine(image, text(template with the label))``; each row sums to 1.
+
+        ``template`` holds exactly one ``{}`` (``ruclip_tiny.template``); any other is refused with a TemplateError
+        before anything runs."""
         if isinstance(labels, str) or not labels:
             raise ValueError("labels must be a non-empty list of strings")
+        texts = fill_template(template, labels)
         if self.logit_scale is None:
             raise BundleError(f"{self.bundle.root}/manifest.json has no logit_scale; re-export the bundle")
-        texts = self.encode_texts([template.format(label) for label in labels], batch_size=batch_size)
+        texts = self.encode_texts(texts, batch_size=batch_size)
         images = self.encode_images(images, batch_size=batch_size)
         return zero_shot_probabilities(images, texts, self.logit_scale)
 

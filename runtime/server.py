@@ -22,14 +22,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, aclosing, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import orjson
@@ -37,10 +41,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from ruclip_tiny import spec
+from ruclip_tiny.template import TemplateError, fill_template
+from ruclip_tiny.transform import DEFAULT_MAX_IMAGE_PIXELS, image_header_size
+from runtime.access import JSON, MULTIPART, RequestGate, check_api_key
 from runtime.batching import BatchObserver, BatcherClosed, DynamicBatcher, QueueFull
 from runtime.embedder import (
     Embedder,
@@ -68,7 +77,9 @@ class ServerSettings:
     size of one image; max_text_chars: characters of one text (a label with its template); max_body_bytes: size
     of one request body; decode_workers: image decoding threads (None: min(8, CPUs)); retry_after_s: the
     Retry-After of 503 answers; exif_transpose: turn images by their EXIF orientation before preprocessing (a
-    departure from the reference, off by default).
+    departure from the reference, off by default); max_image_pixels: pixels of one image, from its header (over
+    it: that image fails); max_request_pixels: pixels of all images of a request, from their headers (over it:
+    413); api_key: when set, every endpoint but /healthz and /readyz needs ``Authorization: Bearer <api_key>``.
     """
 
     max_batch: int = 64
@@ -83,12 +94,17 @@ class ServerSettings:
     decode_workers: int | None = None
     retry_after_s: int = 1
     exif_transpose: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_request_pixels: int = 256_000_000
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue_items", "max_items", "max_image_bytes", "max_text_chars",
-                     "max_body_bytes", "retry_after_s"):
+                     "max_body_bytes", "retry_after_s", "max_image_pixels", "max_request_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
         if self.max_image_batch is not None and self.max_image_batch < 1:
             raise ValueError(f"max_image_batch must be >= 1, got {self.max_image_batch}")
         if self.max_wait_ms < 0:
@@ -97,17 +113,33 @@ class ServerSettings:
 
 # --- request and response bodies (the OpenAPI schema) -------------------------------------------------------------
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unicode_text(text: str) -> str:
+    """``text`` unless it holds a lone surrogate: JSON's ``"\ud800"`` decodes to one, and it is not text (it
+    cannot be encoded, tokenized or echoed back)."""
+    if not text.isascii():  # O(1) in CPython: base64 images skip the scan
+        found = _LONE_SURROGATE.search(text)
+        if found:
+            raise ValueError(f"holds a lone surrogate (U+{ord(found.group()):04X} at character {found.start()}), "
+                             "which is not text; send valid Unicode (a \\uD800-\\uDFFF escape only as half of a pair)")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+
 
 class TextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    texts: list[str] = Field(min_length=1, description="texts to embed (at most --max-items, each at most "
+    texts: list[Text] = Field(min_length=1, description="texts to embed (at most --max-items, each at most "
                                                        "--max-text-chars characters; cut at 77 tokens)")
     normalize: bool = Field(True, description="L2-normalise each row")
 
 
 class ImageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...; a data: URL "
+    images: list[Text] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...; a data: URL "
                                                         "prefix is accepted), at most --max-items, each at most "
                                                         "--max-image-bytes once decoded")
     normalize: bool = Field(True, description="L2-normalise each row")
@@ -115,9 +147,10 @@ class ImageRequest(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    images: list[str] = Field(min_length=1, description="base64-encoded image files, as for /v1/embeddings/image")
-    labels: list[str] = Field(min_length=1, description="candidate labels (at most --max-items)")
-    template: str = Field("{}", description='text for each label, with "{}" where the label goes')
+    images: list[Text] = Field(min_length=1, description="base64-encoded image files, as for /v1/embeddings/image")
+    labels: list[Text] = Field(min_length=1, description="candidate labels (at most --max-items)")
+    template: Text = Field("{}", description='text for each label: exactly one "{}" where the label goes, other '
+                                             'braces doubled; with the label at most --max-text-chars characters')
 
 
 class ItemError(BaseModel):
@@ -176,6 +209,8 @@ ENDPOINTS = ("/v1/embeddings/text", "/v1/embeddings/image", "/v1/classify", "/he
 # Which batchers a request to an endpoint will submit to (marked as arriving there while it is read and decoded).
 ENDPOINT_KINDS = {"/v1/embeddings/text": ("text",), "/v1/embeddings/image": ("image",),
                   "/v1/classify": ("text", "image")}
+# What each endpoint's POST body may be (415 otherwise): a browser sends text/plain cross-site without asking.
+BODY_TYPES = {"/v1/embeddings/text": (JSON,), "/v1/embeddings/image": (JSON, MULTIPART), "/v1/classify": (JSON,)}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -227,9 +262,10 @@ class NotReady(Exception):
     """The backend is still loading or warming up (or failed to): 503."""
 
 
-def decode_image(transform, data: bytes) -> np.ndarray | str:
-    """float32 [3, 224, 224] preprocessed pixels of an encoded image, or the reason it cannot be decoded."""
-    outcome = preprocess_item(transform, 0, data)
+def decode_image(transform, data: bytes, max_pixels: int | None = None) -> np.ndarray | str:
+    """float32 [3, 224, 224] preprocessed pixels of an encoded image, or the reason it cannot be decoded (or has
+    more than ``max_pixels`` pixels)."""
+    outcome = preprocess_item(transform, 0, data, max_pixels)
     return outcome.reason if isinstance(outcome, ImageItemError) else outcome
 
 
@@ -342,7 +378,8 @@ class EmbeddingService:
         try:
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(*(
-                loop.run_in_executor(self._decoding, decode_image, self._transform, payload)
+                loop.run_in_executor(self._decoding, decode_image, self._transform, payload,
+                                     self.settings.max_image_pixels)
                 if isinstance(payload, bytes) else _completed(payload)
                 for payload in payloads
             ))
@@ -358,6 +395,30 @@ class EmbeddingService:
         for index, row in zip(good, rows):
             out[index] = row
         return out, errors
+
+    async def limit_pixels(self, payloads: list[bytes | str]) -> list[bytes | str]:
+        """``payloads`` with each image over ``max_image_pixels`` replaced by the reason (it fails alone); raises
+        413 when the images that remain hold more than ``max_request_pixels`` in all. Sizes come from the headers
+        (in the decoding threads), so nothing is decoded to find them."""
+        sizes = await asyncio.get_running_loop().run_in_executor(
+            self._decoding, lambda: [image_header_size(p) if isinstance(p, bytes) else None for p in payloads]
+        )
+        settings, limited, total = self.settings, list(payloads), 0
+        for index, size in enumerate(sizes):
+            if size is None:
+                continue  # not an image, or no readable header: decoding says why
+            pixels = size[0] * size[1]
+            if pixels > settings.max_image_pixels:
+                limited[index] = (f"{size[0]}x{size[1]} = {pixels} pixels, more than --max-image-pixels="
+                                  f"{settings.max_image_pixels}; downscale it (the model sees {spec.IMAGE_SIZE}x"
+                                  f"{spec.IMAGE_SIZE})")
+            else:
+                total += pixels
+        if total > settings.max_request_pixels:
+            raise HTTPException(413, f"images: {total} pixels in all (from their headers), more than "
+                                     f"--max-request-pixels={settings.max_request_pixels}; send fewer or smaller "
+                                     "images per request")
+        return limited
 
     def _admit(self, batcher: DynamicBatcher, items: int):
         try:
@@ -420,13 +481,58 @@ def _validation_error(err: ValidationError) -> RequestValidationError:
     )
 
 
+class TooManyParts(MultiPartException):
+    def __init__(self, max_items: int):
+        super().__init__(f"more than {max_items + 1} parts (at most --max-items={max_items} images and a normalize "
+                         "field); split the request")
+
+
+class _PartCountingParser(MultiPartParser):
+    """starlette's multipart parser, refusing a body as soon as its part count passes ``max_items`` + 1 (the images
+    and a ``normalize`` field), while it streams in: counted afterwards, 100,000 empty parts cost 5.4 s of CPU and
+    135 MiB before the refusal."""
+
+    def __init__(self, headers, stream, max_items: int):
+        super().__init__(headers, stream, max_files=max_items + 1, max_fields=max_items + 1)
+        self.max_items, self.parts = max_items, 0
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_items + 1:
+            raise TooManyParts(self.max_items)
+        super().on_part_begin()
+
+
+async def _multipart_form(request: Request, settings: ServerSettings) -> FormData:
+    try:
+        async with aclosing(request.stream()) as stream:
+            form = await _PartCountingParser(request.headers, stream, settings.max_items).parse()
+    except MultiPartException as err:
+        raise HTTPException(422, f"multipart body: {err.message}") from None
+    for key, value in form.multi_items():  # a charset=utf-7 part can decode to lone surrogates
+        _check_unicode(key, "multipart field name")
+        if isinstance(value, str):
+            _check_unicode(value, f"multipart field {key!r}")
+        elif value.filename is not None:
+            _check_unicode(value.filename, f"multipart file name of field {key!r}")
+    return form
+
+
+def _check_unicode(text: str, where: str) -> None:
+    try:
+        _unicode_text(text)
+    except ValueError as err:
+        raise HTTPException(422, f"{where}: {err}") from None
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 async def _image_request(request: Request, settings: ServerSettings) -> tuple[list[bytes | str], bool]:
     """(payloads, normalize) of a JSON or multipart image request."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The whole body is already capped by --max-body-bytes; the per-part caps here only stop starlette from
-        # refusing with its own (400) messages before ours can say which limit was hit.
-        form = await request.form(max_files=1 << 20, max_fields=1 << 20)
+    if _media_type(request) == MULTIPART:
+        form = await _multipart_form(request, settings)
         try:
             files = [value for key, value in form.multi_items() if isinstance(value, UploadFile)]
             fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
@@ -452,34 +558,42 @@ async def _image_request(request: Request, settings: ServerSettings) -> tuple[li
             await form.close()
     body = await request.body()
     try:
-        parsed = ImageRequest.model_validate_json(body)
+        # the standard library's parser, as FastAPI's for the other endpoints: it decodes "\ud800" to a lone
+        # surrogate, which validation then refuses naming its field (pydantic's own parser only says where)
+        data = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {err}"}]
+                                     ) from None
+    try:
+        parsed = ImageRequest.model_validate(data)
     except ValidationError as err:
         raise _validation_error(err) from None
     _check_items(parsed.images, "images", settings)
     return _base64_payloads(parsed.images, settings), parsed.normalize
 
 
-def _template_texts(template: str, labels: list[str]) -> list[str]:
+def _template_texts(template: str, labels: list[str], settings: ServerSettings) -> list[str]:
+    """The text of each label; 422 for a template that is not one plain "{}", or for a text over --max-text-chars,
+    found before any text is built (a format spec such as "{:>20000000}" would build 20 MB per label)."""
     try:
-        texts = [template.format(label) for label in labels]
-    except (IndexError, KeyError, ValueError) as err:
-        raise HTTPException(422, f'template: {template!r} cannot be filled ({type(err).__name__}: {err}); use "{{}}" '
-                                 'where the label goes, and double other braces') from None
-    if template.format("\x00") == template:
-        raise HTTPException(422, f'template: {template!r} has no "{{}}" for the label')
-    return texts
+        return fill_template(template, labels, settings.max_text_chars, "--max-text-chars")
+    except TemplateError as err:
+        raise HTTPException(422, str(err)) from None
 
 
 # --- the middleware: body limit, arrival marking, request metrics --------------------------------------------------
 
 
 class ServingMiddleware:
-    """Pure ASGI: rejects bodies over ``max_body_bytes`` (by Content-Length before reading, and while reading a
-    streamed body), marks requests as arriving at their batchers, and counts requests and latency per endpoint."""
+    """Pure ASGI: refuses a request without the API key (401) or with a body of another type than its endpoint
+    takes (415), rejects bodies over ``max_body_bytes`` (by Content-Length before reading, and while reading a
+    streamed body), marks requests as arriving at their batchers, and counts requests and latency per endpoint
+    (a client that left before its answer as status 499)."""
 
     def __init__(self, app, service: EmbeddingService):
         self.app = app
         self.service = service
+        self.gate = RequestGate(service.settings.api_key, BODY_TYPES)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -487,7 +601,7 @@ class ServingMiddleware:
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
         limit = self.service.settings.max_body_bytes
         started = time.perf_counter()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "client_gone": False}
 
         async def send_recording(message):
             if message["type"] == "http.response.start":
@@ -503,9 +617,15 @@ class ServingMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+            elif message["type"] == "http.disconnect" and not status["sent"]:
+                status["client_gone"] = True
             return message
 
         try:
+            refusal = self.gate.refusal(scope)
+            if refusal is not None:
+                await _send_json(send_recording, refusal.status, {"detail": refusal.detail}, refusal.headers)
+                return
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await _send_json(send_recording, 413, {"detail": BodyTooLarge(limit).detail})
@@ -520,16 +640,24 @@ class ServingMiddleware:
                     if status["sent"]:
                         raise
                     await _send_json(send_recording, 413, {"detail": err.detail})
+                except ClientDisconnect:  # the body stopped coming: nobody to answer, nothing went wrong here
+                    status["client_gone"] = True
         finally:
+            if status["client_gone"]:
+                # whatever the app answered after that (FastAPI: a 400 for the unreadable body) reached nobody
+                status["code"] = 499
+                logger.warning("%s %s: the client closed the connection before the answer (counted as status 499)",
+                               scope.get("method"), scope["path"])
             metrics = self.service.metrics
             metrics.requests.labels(endpoint, str(status["code"])).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     content = orjson.dumps(body)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": content})
 
 
@@ -621,6 +749,7 @@ def create_app(
         image that cannot be decoded gets ``null`` and an entry in ``errors``, the others are still answered."""
         embedder = service.require_ready()
         payloads, normalize = await _image_request(request, settings)
+        payloads = await service.limit_pixels(payloads)
         rows, errors = await service.embed_images(payloads, arrival(request, "image"))
         if normalize:
             rows = [None if row is None else l2_normalize(row[None])[0] for row in rows]
@@ -632,9 +761,8 @@ def create_app(
         embedder = service.require_ready()
         _check_items(body.images, "images", settings)
         _check_items(body.labels, "labels", settings)
-        texts = _template_texts(body.template, body.labels)
-        _check_text_chars(texts, "labels (with the template)", settings)
-        payloads = _base64_payloads(body.images, settings)
+        texts = _template_texts(body.template, body.labels, settings)
+        payloads = await service.limit_pixels(_base64_payloads(body.images, settings))
         (text_rows, _), (image_rows, errors) = await asyncio.gather(
             service.embed_texts(texts, arrival(request, "text")),
             service.embed_images(payloads, arrival(request, "image")),
@@ -675,7 +803,9 @@ def create_app(
                              "max_image_batch": service.image_batch, "max_wait_ms": settings.max_wait_ms,
                              "max_queue_items": settings.max_queue_items},
                 "limits": {key: value for key, value in asdict(settings).items()
-                           if key.startswith("max_") and key not in ("max_batch", "max_wait_ms", "max_queue_items")}}
+                           if key.startswith("max_") and key not in ("max_batch", "max_image_batch", "max_wait_ms",
+                                                                     "max_queue_items")},
+                "api_key_required": settings.api_key is not None}
         if service.embedder is not None:
             body.update(describe_embedder(service.embedder))
         return body
@@ -706,7 +836,7 @@ def describe_embedder(embedder: Embedder) -> dict:
         "selection": embedder.selection,
         "dim": embedder.dim,
         "logit_scale": embedder.logit_scale,
-        "bundle": str(embedder.bundle.root),
+        "bundle": Path(embedder.bundle.root).resolve().name,  # its name: where it lies is the host's business
         "parity": parity,
     }
 

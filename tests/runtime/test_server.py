@@ -327,8 +327,12 @@ def test_malformed_requests_get_422_with_a_message_never_500(client, path, body)
 
 
 def test_malformed_multipart_gets_422_never_500(client):
-    no_files = client.post("/v1/embeddings/image", data={"normalize": "true"}, files=[])
+    only_normalize = b'--xyz\r\nContent-Disposition: form-data; name="normalize"\r\n\r\ntrue\r\n--xyz--\r\n'
+    no_files = client.post("/v1/embeddings/image", content=only_normalize,
+                           headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert no_files.status_code == 422
+    urlencoded = client.post("/v1/embeddings/image", data={"normalize": "true"}, files=[])  # not a documented type
+    assert urlencoded.status_code == 415
     only_fields = client.post("/v1/embeddings/image", data={"normalize": "true"},
                               files=[("other", ("x.txt", b"x", "text/plain"))])
     assert only_fields.status_code == 200 and only_fields.json()["embeddings"] == [None]
