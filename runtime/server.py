@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing, asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -69,9 +69,9 @@ MIB = 1 << 20
 class ServerSettings:
     """Batching and limits of one server (the ``serve`` flags of the same names).
 
-    max_batch: most items per backend call; max_image_batch: most images per backend call (None: max_batch; on a
-    CPU, where the image encoder is compute-bound, merging images gains nothing, so a small value keeps latency
-    down); max_wait_ms: longest a request waits for others to join its batch;
+    max_batch: most items per backend call; max_image_batch: most images per backend call (None: max_batch, but
+    CPU_IMAGE_BATCH on a CPU, where the image encoder is compute-bound and merging images gains nothing, so a small
+    value keeps latency down, for texts too: they wait for at most one image call); max_wait_ms: longest a request waits for others to join its batch;
     batching: False runs every request as its own backend call; max_queue_items: items admitted and waiting
     beyond which requests get 503; max_items: texts, images or labels per request; max_image_bytes: encoded
     size of one image; max_text_chars: characters of one text (a label with its template); max_body_bytes: size
@@ -80,6 +80,10 @@ class ServerSettings:
     departure from the reference, off by default); max_image_pixels: pixels of one image, from its header (over
     it: that image fails); max_request_pixels: pixels of all images of a request, from their headers (over it:
     413); api_key: when set, every endpoint but /healthz and /readyz needs ``Authorization: Bearer <api_key>``.
+    Connections (``uvicorn_config``): timeout_keep_alive_s: an idle connection is closed after it;
+    request_timeout_s: a connection that has not delivered a whole request (headers and body) within it is closed
+    (408); limit_concurrency: open connections (or requests in progress) beyond which requests get 503 +
+    Retry-After (None: no limit).
     """
 
     max_batch: int = 64
@@ -97,6 +101,9 @@ class ServerSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_request_pixels: int = 256_000_000
     api_key: str | None = field(default=None, repr=False)
+    timeout_keep_alive_s: float = 5.0
+    request_timeout_s: float = 30.0
+    limit_concurrency: int | None = 512
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue_items", "max_items", "max_image_bytes", "max_text_chars",
@@ -109,6 +116,11 @@ class ServerSettings:
             raise ValueError(f"max_image_batch must be >= 1, got {self.max_image_batch}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("timeout_keep_alive_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ValueError(f"limit_concurrency must be >= 1, got {self.limit_concurrency}")
 
 
 # --- request and response bodies (the OpenAPI schema) -------------------------------------------------------------
@@ -241,6 +253,8 @@ class ServerMetrics:
         self.rejected = Counter("ruclip_tiny_rejected", "requests refused with 503 because the queue was full",
                                 ["kind"], registry=r)
         self.ready = Gauge("ruclip_tiny_ready", "1 once the backend is loaded and warmed up", registry=r)
+        self.cancelled = Counter("ruclip_tiny_cancelled_items", "items dropped before they ran because their client "
+                                 "disconnected", ["kind"], registry=r)
 
     def observer(self) -> BatchObserver:
         def batch(kind, items, requests, seconds):
@@ -252,6 +266,7 @@ class ServerMetrics:
             batch=batch,
             queue_wait=lambda kind, seconds: self.queue_wait.labels(kind).observe(seconds),
             queue_depth=lambda kind, items: self.queue_items.labels(kind).set(items),
+            cancelled=lambda kind, items: self.cancelled.labels(kind).inc(items),
         )
 
 
@@ -276,10 +291,18 @@ def warm_up(embedder: Embedder) -> None:
     embedder.backend.encode_pixels(np.zeros((1, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE), np.float32))
 
 
+# Images per backend call on a CPU unless --max-image-batch says otherwise. The image encoder is compute-bound there
+# (merging images gains nothing, BENCHMARKS.md) and texts share the one inference thread: a text batch waits for at
+# most one image call, ~75 ms for one image on the measured CPU, instead of a whole merged batch (seconds).
+CPU_IMAGE_BATCH = 1
+
+
 class EmbeddingService:
     """The embedder behind the endpoints: readiness, one inference thread, a decoding pool and two batchers.
 
-    Backend calls all happen in ONE thread (backends take calls one at a time); each batcher feeds it.
+    Backend calls all happen in ONE thread (backends take calls one at a time); each batcher feeds it, first in first
+    out, one call at a time, so a text batch waits for at most the one image call in progress (``image_batch``
+    images), never behind all the images queued.
     """
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics):
@@ -305,7 +328,13 @@ class EmbeddingService:
 
     @property
     def image_batch(self) -> int:
-        return self.settings.max_image_batch or self.settings.max_batch
+        """Most images per backend call: ``max_image_batch``; unset, CPU_IMAGE_BATCH on a CPU (known once loaded),
+        else ``max_batch``."""
+        if self.settings.max_image_batch is not None:
+            return self.settings.max_image_batch
+        if self.embedder is not None and self.embedder.backend.device == "cpu":
+            return min(CPU_IMAGE_BATCH, self.settings.max_batch)
+        return self.settings.max_batch
 
     @property
     def ready(self) -> bool:
@@ -316,6 +345,7 @@ class EmbeddingService:
         loop = asyncio.get_running_loop()
         try:
             self.embedder = await loop.run_in_executor(self._inference, load)
+            self.batchers["image"].max_batch = self.image_batch  # the device is known now
             self.state = "warming"
             await loop.run_in_executor(self._inference, warmup, self.embedder)
         except Exception as err:  # noqa: BLE001 - reported by /readyz and the log, the process keeps answering
@@ -377,12 +407,16 @@ class EmbeddingService:
         admission = self._admit(batcher, len(payloads))
         try:
             loop = asyncio.get_running_loop()
-            decoded = await asyncio.gather(*(
-                loop.run_in_executor(self._decoding, decode_image, self._transform, payload,
-                                     self.settings.max_image_pixels)
-                if isinstance(payload, bytes) else _completed(payload)
-                for payload in payloads
-            ))
+            try:
+                decoded = await asyncio.gather(*(
+                    loop.run_in_executor(self._decoding, decode_image, self._transform, payload,
+                                         self.settings.max_image_pixels)
+                    if isinstance(payload, bytes) else _completed(payload)
+                    for payload in payloads
+                ))
+            except asyncio.CancelledError:  # the client left while its images were decoded: none will run
+                self.metrics.cancelled.labels("image").inc(sum(isinstance(p, bytes) for p in payloads))
+                raise
             good = [index for index, outcome in enumerate(decoded) if isinstance(outcome, np.ndarray)]
             errors = [{"index": index, "error": outcome} for index, outcome in enumerate(decoded)
                       if not isinstance(outcome, np.ndarray)]
@@ -430,6 +464,36 @@ class EmbeddingService:
 
 async def _completed(value):
     return value
+
+
+async def _while_connected(request: Request, work: Awaitable):
+    """``work``'s result, unless the client disconnects first: then ``work`` is cancelled (items still queued are
+    dropped unrun and counted in ``ruclip_tiny_cancelled_items_total``) and ClientDisconnect is raised.
+
+    Only once the body has been read: from then on the request's receive channel has one thing left to say,
+    ``http.disconnect``, when the client goes (or once the answer is sent, by which time this has returned).
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request itself was cancelled (server shutdown): so is its work
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))  # let it unwind: its queued items leave the batcher's queue before this returns
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody is left to tell
+    raise ClientDisconnect()
+
+
+async def _disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 # --- request parsing -----------------------------------------------------------------------------------------------
@@ -738,7 +802,7 @@ def create_app(
         embedder = service.require_ready()
         _check_items(body.texts, "texts", settings)
         _check_text_chars(body.texts, "texts", settings)
-        rows, truncated = await service.embed_texts(body.texts, arrival(request, "text"))
+        rows, truncated = await _while_connected(request, service.embed_texts(body.texts, arrival(request, "text")))
         if body.normalize:
             rows = l2_normalize(rows)
         return _json({**header(embedder), "dim": embedder.dim, "embeddings": rows, "truncated": truncated})
@@ -750,7 +814,7 @@ def create_app(
         embedder = service.require_ready()
         payloads, normalize = await _image_request(request, settings)
         payloads = await service.limit_pixels(payloads)
-        rows, errors = await service.embed_images(payloads, arrival(request, "image"))
+        rows, errors = await _while_connected(request, service.embed_images(payloads, arrival(request, "image")))
         if normalize:
             rows = [None if row is None else l2_normalize(row[None])[0] for row in rows]
         return _json({**header(embedder), "dim": embedder.dim, "embeddings": rows, "errors": errors})
@@ -763,10 +827,10 @@ def create_app(
         _check_items(body.labels, "labels", settings)
         texts = _template_texts(body.template, body.labels, settings)
         payloads = await service.limit_pixels(_base64_payloads(body.images, settings))
-        (text_rows, _), (image_rows, errors) = await asyncio.gather(
+        (text_rows, _), (image_rows, errors) = await _while_connected(request, asyncio.gather(
             service.embed_texts(texts, arrival(request, "text")),
             service.embed_images(payloads, arrival(request, "image")),
-        )
+        ))
         good = [index for index, row in enumerate(image_rows) if row is not None]
         probs: list[np.ndarray | None] = [None] * len(image_rows)
         if good:
@@ -844,6 +908,21 @@ def describe_embedder(embedder: Embedder) -> dict:
 # --- running it ----------------------------------------------------------------------------------------------------
 
 
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **options):
+    """``uvicorn.Config`` serving ``app`` (from ``create_app``) with its settings' connection limits: the request
+    deadline and the 503 with Retry-After of ``runtime.http_protocol``, the keep-alive timeout, the concurrency
+    limit. ``options``: other ``uvicorn.Config`` arguments (log_level, timeout_graceful_shutdown, ...)."""
+    import uvicorn
+
+    from runtime.http_protocol import request_deadline_protocol
+
+    settings: ServerSettings = app.state.settings
+    return uvicorn.Config(app, host=host, port=port,
+                          http=request_deadline_protocol(settings.request_timeout_s, settings.retry_after_s),
+                          timeout_keep_alive=settings.timeout_keep_alive_s,
+                          limit_concurrency=settings.limit_concurrency, **options)
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` on ``host:port`` in a thread (tests, benchmarks); ``port=0`` picks a free port.
 
@@ -854,7 +933,7 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, graceful_timeout_s: float = 30):
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+        self.config = uvicorn_config(app, host=host, port=port, log_level="warning", lifespan="on",
                                      timeout_graceful_shutdown=graceful_timeout_s)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="ruclip-serve", daemon=True)

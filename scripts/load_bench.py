@@ -8,6 +8,12 @@ load hits both alike. Per point: a warm-up that is not counted, then a fixed win
 counted; throughput, p50 and p99 latency, and the mean backend batch from the server's own /metrics.
 
     python scripts/load_bench.py bundle --out docs            # writes load_bench.json and bench-serve.png
+    python scripts/load_bench.py bundle --mixed 32,8 --out DIR  # text p99 alone vs beside image requests
+
+``--mixed TEXT,IMAGE`` measures instead whether texts wait behind images: one server (batching on), TEXT closed-loop
+text clients alone, then the same TEXT clients while IMAGE clients send ``--mixed-images`` images per request, the
+two phases alternating ``--repeats`` times; it reports the texts' p50/p99 in each phase and their ratio
+(written to mixed_bench.json).
 
 Bounded: about (warmup + duration) x 2 modes x concurrencies per kind; nothing leaves the machine.
 """
@@ -205,6 +211,95 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mixed_burst(url: str, text_bodies: list[bytes], image_bodies: list[bytes], text_clients: int,
+                image_clients: int, warmup_s: float, duration_s: float) -> dict:
+    """One phase of the mixed benchmark: ``text_clients`` text clients, and ``image_clients`` image clients at the
+    same time when that is > 0; the figures of each kind."""
+
+    async def both() -> list[dict]:
+        runs = [drive(url, "/v1/embeddings/text", text_bodies, text_clients, warmup_s, duration_s)]
+        if image_clients:
+            runs.append(drive(url, "/v1/embeddings/image", image_bodies, image_clients, warmup_s, duration_s))
+        return await asyncio.gather(*runs)
+
+    results = asyncio.run(both())
+    return {"text": results[0], "image": results[1] if image_clients else None, "loadavg_1m": os.getloadavg()[0]}
+
+
+def run_mixed(args, text_bodies: list[bytes], photos: list[Path]) -> int:
+    """Text latency alone vs beside image requests, on one server with batching on (see the module docstring)."""
+    text_clients, image_clients = (int(value) for value in args.mixed.split(","))
+    image_bodies = [
+        json.dumps({"images": [base64.b64encode(photos[(start + i) % len(photos)].read_bytes()).decode()
+                               for i in range(args.mixed_images)]}).encode()
+        for start in range(len(photos))
+    ]
+    extra = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue-items", "4096"]
+    extra += ["--threads", str(args.threads)] if args.threads else []
+    extra += ["--max-image-batch", str(args.max_image_batch)] if args.max_image_batch else []
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(args.bundle, port, extra)
+    load_before = os.getloadavg()
+    started = time.time()
+    phases: dict[str, list[dict]] = {"text_only": [], "mixed": []}
+    try:
+        wait_ready(url, server)
+        for repeat in range(args.repeats):
+            # alternate which phase goes first, so a drift in machine load does not favour one
+            for phase in (("text_only", "mixed") if repeat % 2 == 0 else ("mixed", "text_only")):
+                point = mixed_burst(url, text_bodies, image_bodies, text_clients,
+                                    image_clients if phase == "mixed" else 0, args.mixed_warmup_seconds,
+                                    args.mixed_seconds)
+                phases[phase].append(point)
+                image = point["image"]
+                image_part = "" if image is None else (
+                    f" | images {image['throughput_rps']:.2f} req/s p99 {_ms(image['p99_ms'])} "
+                    f"errors {image['errors']}")
+                print(f"{phase:9} text {point['text']['throughput_rps']:6.1f} req/s p50 {_ms(point['text']['p50_ms'])} "
+                      f"p99 {_ms(point['text']['p99_ms'])} errors {point['text']['errors']}{image_part} "
+                      f"load {point['loadavg_1m']:.1f}", flush=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    def text_summary(points: list[dict]) -> dict:
+        return summarise([p["text"] | {"mean_batch": None, "loadavg_1m": p["loadavg_1m"]} for p in points])
+
+    alone, beside = text_summary(phases["text_only"]), text_summary(phases["mixed"])
+    ratio = beside["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] and beside["p99_ms"] else None
+    images = [p["image"] for p in phases["mixed"]]
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": time.time() - started,
+        "settings": {"text_clients": text_clients, "image_clients": image_clients,
+                     "images_per_request": args.mixed_images, "max_batch": args.max_batch,
+                     "max_image_batch": args.max_image_batch, "max_wait_ms": args.max_wait_ms,
+                     "warmup_seconds": args.mixed_warmup_seconds, "seconds": args.mixed_seconds,
+                     "repeats": args.repeats},
+        "text_only": alone, "mixed": beside, "mixed_text_p99_ratio": ratio,
+        "mixed_images": {"throughput_rps": float(np.median([i["throughput_rps"] for i in images])),
+                         "p99_ms": float(np.median([i["p99_ms"] for i in images if i["p99_ms"] is not None] or [0])),
+                         "requests": sum(i["requests"] for i in images),
+                         "errors": sum(i["errors"] for i in images)},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mixed_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"text p99 alone {_ms(alone['p99_ms'])} (p50 {_ms(alone['p50_ms'])}, {alone['requests']} requests); "
+          f"beside {image_clients} image clients x {args.mixed_images} images: {_ms(beside['p99_ms'])} "
+          f"(p50 {_ms(beside['p50_ms'])}, {beside['requests']} requests); ratio "
+          f"{'n/a' if ratio is None else f'{ratio:.2f}'}; images {report['mixed_images']['throughput_rps']:.2f} "
+          f"req/s, {report['mixed_images']['requests']} answered, errors "
+          f"{beside['errors'] + report['mixed_images']['errors']}")
+    print(f"load average before {load_before}, after {report['loadavg_after']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="bundle directory")
@@ -225,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="ONNX Runtime intra-op threads of each server (default 1: on 2 cores a second, spinning "
                         "pool thread competes with the event loop and the clients)")
+    parser.add_argument("--mixed", default=None, metavar="TEXT,IMAGE",
+                        help="measure text latency alone vs beside image requests: TEXT text clients, IMAGE image "
+                        "clients (e.g. 32,8); replaces the on/off comparison")
+    parser.add_argument("--mixed-images", type=int, default=8, help="images per image request with --mixed")
+    parser.add_argument("--mixed-seconds", type=float, default=15.0, help="measured window per --mixed phase")
+    parser.add_argument("--mixed-warmup-seconds", type=float, default=5.0,
+                        help="uncounted start of every --mixed phase (image requests pile up during it)")
     parser.add_argument("--out", default="docs", help="directory for load_bench.json and bench-serve.png")
     args = parser.parse_args(argv)
 
@@ -233,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     photos = sorted((ROOT / "ruclip_tiny" / "assets" / "demo").glob("*.jpg"))
     image_bodies = [json.dumps({"images": [base64.b64encode(p.read_bytes()).decode()]}).encode() for p in photos]
     text_bodies = [json.dumps({"texts": [caption]}, ensure_ascii=False).encode() for caption in CAPTIONS]
+    if args.mixed:
+        return run_mixed(args, text_bodies, photos)
     work = {"text": ("/v1/embeddings/text", text_bodies, args.warmup_seconds, args.text_seconds),
             "image": ("/v1/embeddings/image", image_bodies, args.image_warmup_seconds, args.image_seconds)}
 
