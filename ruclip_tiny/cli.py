@@ -196,7 +196,7 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # a missing serve extra is named by main()
 
-    from runtime.server import ServerSettings, create_app
+    from runtime.server import ServerSettings, create_app, uvicorn_config
     from runtime.embedder import Embedder
 
     try:
@@ -208,6 +208,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             decode_workers=args.decode_workers, exif_transpose=args.exif_transpose,
             max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
             api_key=args.api_key if args.api_key is not None else os.environ.get("RUCLIP_TINY_API_KEY") or None,
+            timeout_keep_alive_s=args.timeout_keep_alive, request_timeout_s=args.request_timeout,
+            limit_concurrency=args.limit_concurrency,
         )
     except ValueError as exc:
         raise RuclipTinyError(f"serve: {exc}") from None
@@ -221,8 +223,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"dynamic batching: {batching}; http://{args.host}:{args.port} (/readyz turns 200 after warm-up)")
     if settings.api_key:
         print("API key set: every endpoint but /healthz and /readyz needs 'Authorization: Bearer KEY'")
-    uvicorn.run(create_app(embedder, settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.graceful_timeout)
+    uvicorn.Server(uvicorn_config(create_app(embedder, settings), host=args.host, port=args.port,
+                                  log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout)).run()
     return 0
 
 
@@ -463,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     serve.add_argument("--max-batch", type=positive_int, default=64, help="most items per backend call (default 64)")
     serve.add_argument("--max-image-batch", type=positive_int, default=None,
-                       help="most images per backend call (default: --max-batch; on a CPU 1-4 keeps latency down)")
+                       help="most images per backend call (default: 1 on a CPU, where merging images gains nothing "
+                       "and texts wait for at most one image call; else --max-batch)")
     serve.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                        help="longest a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="run every request as its own backend call")
@@ -474,6 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-text-chars", type=positive_int, default=2000, help="characters of one text (default 2000)")
     serve.add_argument("--max-body-bytes", type=positive_int, default=32 << 20, help="bytes of one request body (32 MiB)")
     serve.add_argument("--decode-workers", type=positive_int, default=None, help="image decoding threads (min(8, CPUs))")
+    serve.add_argument("--timeout-keep-alive", type=positive_float, default=5.0,
+                       help="seconds an idle keep-alive connection is kept open (default 5)")
+    serve.add_argument("--request-timeout", type=positive_float, default=30.0,
+                       help="seconds a connection gets to deliver a whole request, headers and body; then 408 and "
+                       "closed (default 30)")
+    serve.add_argument("--limit-concurrency", type=positive_int, default=512,
+                       help="open connections (or requests in progress) beyond which requests get 503 with "
+                       "Retry-After (default 512)")
     serve.add_argument("--graceful-timeout", type=non_negative_float, default=30.0,
                        help="seconds in-flight requests get to finish on shutdown (default 30)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
