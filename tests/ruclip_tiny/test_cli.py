@@ -183,6 +183,7 @@ def test_bench_refuses_tensorrt_it_cannot_run_before_any_timing(tmp_path, capsys
     assert not out.exists() and "loading" not in captured.err  # refused before the baseline or any backend loaded
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_embed_exits_130_without_a_traceback(exported_bundle, tmp_path):
     import shutil
     import signal
@@ -201,7 +202,12 @@ def test_ctrl_c_during_embed_exits_130_without_a_traceback(exported_bundle, tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     stderr = bytearray()
-    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: process.stderr.read(1), b"")), daemon=True)
+
+    def read_stderr():
+        for chunk in iter(lambda: process.stderr.read1(4096), b""):
+            stderr.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     deadline = time.monotonic() + 240
     while b"embedding images" not in stderr:
