@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.bundle import ExportError
 from ruclip_tiny import spec
 from ruclip_tiny.demo import DEMO_DIR, LABELS_FILE, demo_photos
 from ruclip_tiny.fileio import atomic_path, atomic_write_bytes
@@ -21,6 +22,10 @@ PROBE_DIR = "probe"
 PROBE_IMAGES_DIR = f"{PROBE_DIR}/images"
 # The runner name under which the reference outputs appear in Polygraphy's comparison report.
 REFERENCE_RUNNER = "pytorch-reference"
+
+
+class ProbeError(ExportError, ValueError):
+    """A probe that cannot be stored faithfully: non-finite reference outputs, or files that read back differently."""
 
 _LONG_CAPTION = (
     "На этой фотографии, сделанной ранним утром на космодроме, видна белая ракета-носитель, которая медленно "
@@ -113,6 +118,19 @@ def reference_features(model, pixels: np.ndarray, input_ids: np.ndarray, attenti
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(text, dtype=np.float32)
 
 
+def check_finite_outputs(outputs: dict[str, np.ndarray]) -> None:
+    """Raise ProbeError when a reference output holds NaN/Inf: a reference that cannot be compared with anything."""
+    for name, array in outputs.items():
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows = np.unique(np.argwhere(bad)[:, 0]) if array.ndim else np.zeros(1, np.int64)
+            raise ProbeError(
+                f"the reference model's {name} on the probe hold {int(np.isnan(array).sum())} NaN and "
+                f"{int(np.isinf(array).sum())} Inf values (rows {', '.join(map(str, rows[:5]))}"
+                f"{' …' if len(rows) > 5 else ''}); its weights overflow float32: check the checkpoint"
+            )
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as temporary:
         # A file object, not the path: np.savez appends ".npz" to a name that lacks it (the temporary one does).
@@ -172,8 +190,9 @@ def _write_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[s
 def verify_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
     """Load the Polygraphy files back and require every array to equal (bit for bit) what was meant to be stored.
 
-    Raises ValueError naming the file: a Polygraphy release that reads these files differently must fail the
-    export here, not a parity run later on a GPU box.
+    NaN equals NaN here (a stored NaN read back as NaN is faithful). Raises ProbeError (a ValueError) naming the file:
+    a Polygraphy release that reads these files differently must fail the export here, not a parity run later on a
+    GPU box.
     """
     import polygraphy.json as polygraphy_json
     from polygraphy.comparator import RunResults
@@ -183,7 +202,7 @@ def verify_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[s
         path = root / POLYGRAPHY_DIR / f"{encoder}_inputs.json"
         feeds = polygraphy_json.load_json(str(path))
         if not (isinstance(feeds, list) and len(feeds) == 1 and isinstance(feeds[0], dict)):
-            raise ValueError(f"{path}: expected a list with one feed dict, got {type(feeds).__name__}")
+            raise ProbeError(f"{path}: expected a list with one feed dict, got {type(feeds).__name__}")
         for tensor in encoder_spec.inputs:
             _require_equal(path, tensor.name, feeds[0].get(tensor.name), inputs[tensor.name])
 
@@ -191,22 +210,38 @@ def verify_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[s
         with _quiet_polygraphy():
             results = RunResults.load(str(path))
         if list(results.keys()) != [REFERENCE_RUNNER] or len(results[REFERENCE_RUNNER]) != 1:
-            raise ValueError(f"{path}: expected one runner {REFERENCE_RUNNER!r} with one iteration")
+            raise ProbeError(f"{path}: expected one runner {REFERENCE_RUNNER!r} with one iteration")
         iteration = results[REFERENCE_RUNNER][0]
         for tensor in encoder_spec.outputs:
             stored = iteration[tensor.name] if tensor.name in iteration else None
             _require_equal(path, tensor.name, stored, outputs[tensor.name])
 
 
+def read_back_difference(stored: np.ndarray, expected: np.ndarray) -> str | None:
+    """How ``stored`` differs from ``expected`` (dtype, shape, or values, NaN equal to NaN), or None when equal."""
+    if stored.dtype != expected.dtype or stored.shape != expected.shape:
+        return (f"reads back as {stored.dtype} {list(stored.shape)}, not the {expected.dtype} "
+                f"{list(expected.shape)} written")
+    if expected.dtype.kind in "fc":
+        differs = ~((stored == expected) | (np.isnan(stored) & np.isnan(expected)))
+    else:
+        differs = stored != expected
+    if not differs.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(differs)[0])
+    nan_note = ""
+    if expected.dtype.kind in "fc":
+        nan_note = (f"; NaN: {int(np.isnan(stored).sum())} read back, {int(np.isnan(expected).sum())} written")
+    return (f"{int(differs.sum())} of {differs.size} values differ from those written (first at {list(first)}: "
+            f"{stored[first].item()!r} read back, {expected[first].item()!r} written{nan_note})")
+
+
 def _require_equal(path: Path, name: str, stored, expected: np.ndarray) -> None:
     if stored is None:
-        raise ValueError(f"{path}: has no array {name!r}; re-export the probe")
-    stored = np.asarray(stored)
-    if stored.dtype != expected.dtype or stored.shape != expected.shape or not np.array_equal(stored, expected):
-        raise ValueError(
-            f"{path}: {name} reads back as {stored.dtype} {list(stored.shape)}, not the {expected.dtype} "
-            f"{list(expected.shape)} written (or its values differ); re-export the probe"
-        )
+        raise ProbeError(f"{path}: has no array {name!r}; re-export the probe")
+    difference = read_back_difference(np.asarray(stored), np.asarray(expected))
+    if difference is not None:
+        raise ProbeError(f"{path}: {name} {difference}; re-export the probe")
 
 
 def write_probe(model, tokenizer, root: str | Path) -> dict:
@@ -248,6 +283,7 @@ def write_probe(model, tokenizer, root: str | Path) -> dict:
     }
     _check_plain_arrays(inputs)
     _check_plain_arrays(outputs)
+    check_finite_outputs(outputs)
 
     written = []
     for photo in [*photos, DEMO_DIR / "README.md", LABELS_FILE]:

@@ -164,9 +164,30 @@ def check_state_dict(state: Mapping, expected: Mapping, source: str) -> None:
         )
 
 
+def check_finite(state: Mapping, source: str) -> None:
+    """Raise CheckpointError naming the first tensor (in ``state``'s order) that holds NaN or Inf."""
+    import torch
+
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if not bad:
+        return
+    first = state[bad[0]]
+    nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+    others = f"; {_format_names('other tensors hold NaN/Inf too', bad[1:])}" if len(bad) > 1 else ""
+    raise CheckpointError(
+        f"checkpoint {source}: tensor {bad[0]} {tuple(first.shape)} holds {nan} NaN and {inf} Inf values{others}. "
+        "They turn every output they reach into NaN (a diverged training run or a corrupt copy): use another "
+        "checkpoint"
+    )
+
+
 def attach_state_dict(model, state: Mapping, info: CheckpointInfo):
-    """Load ``state`` strictly into ``model``; eval mode, float32, no gradients. ``model.checkpoint_info`` = info."""
-    check_state_dict(state, model.state_dict(), info.path or "synthetic")
+    """Load ``state`` strictly into ``model``; eval mode, float32, no gradients. ``model.checkpoint_info`` = info.
+    Refuses (CheckpointError) a state that does not fit the model or holds NaN/Inf."""
+    expected = model.state_dict()
+    check_state_dict(state, expected, info.path or "synthetic")
+    # The model's order (image encoder first), not the file's: safetensors files keep their keys sorted.
+    check_finite({name: state[name] for name in expected}, info.path or "synthetic")
     model.load_state_dict(state, strict=True)
     model.checkpoint_info = info
     return model.float().eval().requires_grad_(False)

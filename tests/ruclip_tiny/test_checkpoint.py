@@ -131,3 +131,28 @@ def test_key_mismatches_are_listed_with_counts(tmp_path, synthetic_state):
     assert re.search(r"16 missing keys: transformer\.transformer\.layer\.2\.\S+(, \S+){4} and 11 more", message)
     assert "2 unexpected keys: extra.bias, visual.head.fc.weight" in message
     assert "1 wrong shapes: final_ln.weight (512, 264) (expected (768, 264))" in message
+
+
+@pytest.mark.parametrize("fmt", ["zip", "safetensors"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor_and_the_file(tmp_path, synthetic_state, fmt, bad):
+    state = dict(synthetic_state)
+    first, second = "visual.stem.0.weight", "final_ln.weight"
+    for name, count in ((first, 2), (second, 1)):
+        state[name] = state[name].clone()
+        state[name].view(-1)[:count] = bad
+    path = tmp_path / f"diverged.{'safetensors' if fmt == 'safetensors' else 'pkl'}"
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    order = list(synthetic_state)  # the model's order; a safetensors file keeps its keys sorted
+    assert order.index(first) < order.index(second)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    nan, inf = (2, 0) if bad != bad else (0, 2)
+    assert message.startswith(f"checkpoint {path}: tensor {first} (96, 3, 4, 4) holds {nan} NaN and {inf} Inf values")
+    assert f"1 other tensors hold NaN/Inf too: {second}" in message and "use another checkpoint" in message
