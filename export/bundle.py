@@ -2,22 +2,37 @@
 
 The bundle is assembled in a hidden staging directory beside the target and renamed into place only when every
 stage has finished, so an interrupted or failed export never leaves a directory that passes for a bundle, and an
-existing bundle is replaced (with ``force``) only by a complete new one.
+existing bundle is replaced (with ``force``) only by a complete new one. ``force`` replaces a bundle and nothing
+else: a directory without a manifest this project wrote, or holding files beside the bundle's own, is refused.
+A failure of the file system (no space, no permission, a path that cannot be a directory) ends in one ExportError
+that names the path and the fix.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import json
 import os
 import platform
 import shutil
-import uuid
+from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ruclip_tiny import spec
 from ruclip_tiny.errors import RuclipTinyError
-from ruclip_tiny.fileio import atomic_path, atomic_write_json
+from ruclip_tiny.fileio import (
+    STAGING_INFIX,
+    Ownership,
+    RemovedStaging,
+    atomic_path,
+    atomic_write_json,
+    check_target,
+    make_staging_directory,
+    remove_stale_staging,
+    replace_directory,
+)
 from ruclip_tiny.progress import StageTimer
 from runtime.bundle import (
     MANIFEST,
@@ -34,7 +49,13 @@ from runtime.bundle import (
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow", "tokenizers")
-STAGING_PREFIX = ".partial-"
+STAGING_PREFIX = STAGING_INFIX
+# Directories of a bundle that later commands fill (parity reports, TensorRT engines and their timing caches, the
+# export's own reports): whatever they hold is the bundle's.
+GENERATED_DIRS = ("parity", "engines", "reports")
+# A finished bundle holds 11.4 bytes per model parameter (measured: 437.6 MB for 38,317,537 parameters): FP32
+# reference weights and graphs (4 + 4), FP16 graphs (2), the fused FP32 text graph (1.1), the probe set.
+BUNDLE_BYTES_ESTIMATE = round(spec.PARAMETER_COUNT * 11.5)
 
 
 class ExportError(RuclipTinyError):
@@ -53,22 +74,90 @@ def _tool_versions() -> dict:
     return versions
 
 
-def _check_target(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it, or choose another --out")
+def _manifest_paths(value) -> set[str]:
+    """Every ``"path"`` string anywhere in a manifest (artifacts, tokenizer and probe files, reports)."""
+    found = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "path" and isinstance(item, str):
+                path = PurePosixPath(item)
+                if not path.is_absolute() and ".." not in path.parts:
+                    found.add(str(path))
+            else:
+                found |= _manifest_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _manifest_paths(item)
+    return found
 
 
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to ``out``; an old ``out`` is removed only after the new one is in."""
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, retired)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+def bundle_files(root: Path) -> set[str]:
+    """The files ``root``'s manifest names as the bundle's own (manifest.json included); raises ValueError when
+    ``root`` has no manifest.json written by ruclip-tiny export (JSON object, integer schema_version, our model_id)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"its {MANIFEST} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("model_id") != spec.MODEL_ID:
+        raise ValueError(f"its {MANIFEST} is not a {spec.MODEL_ID} manifest (model_id is not {spec.MODEL_ID!r})")
+    if not isinstance(manifest.get("schema_version"), int) or isinstance(manifest["schema_version"], bool):
+        raise ValueError(f"its {MANIFEST} has no integer schema_version")
+    return {MANIFEST} | _manifest_paths(manifest)
+
+
+def _generated(relative: PurePosixPath) -> bool:
+    return relative.parts[0] in GENERATED_DIRS
+
+
+BUNDLE_OWNERSHIP = Ownership(
+    noun="bundle", command="ruclip-tiny export", listed_files=bundle_files, generated=_generated, error=ExportError
+)
+
+
+def _free_bytes(path: Path) -> int | None:
+    for ancestor in (path, *path.parents):
+        if ancestor.is_dir():
+            try:
+                return shutil.disk_usage(ancestor).free
+            except OSError:
+                return None
+    return None
+
+
+def _written_path(filename, out: Path) -> str:
+    """``filename`` as the user knows it: a file inside the staging directory is shown inside ``out``."""
+    if not filename:
+        return str(out)
+    path = Path(os.fsdecode(filename))
+    if path.parent == out.parent and path.name.startswith(f".{out.name}{STAGING_INFIX}"):
+        return str(out)
+    for parent in path.parents:
+        if parent.parent == out.parent and parent.name.startswith(f".{out.name}{STAGING_INFIX}"):
+            return str(out / path.relative_to(parent))
+    return str(path)
+
+
+def os_error_message(exc: OSError, out: Path) -> str:
+    """One line naming the path and the fix for a file-system failure while exporting to ``out``."""
+    where = _written_path(exc.filename, out)
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(out.parent)
+        free_text = f"{free / 1e6:.0f} MB are free there" if free is not None else "the free space is unknown"
+        what = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded on the device"
+        writing = f" (while writing {where})" if where != str(out) else ""
+        return (f"{what} holding {out}{writing}: a bundle needs about {BUNDLE_BYTES_ESTIMATE / 1e6:.0f} MB and "
+                f"{free_text}; free some space, or choose an --out on another disk")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {reason}; choose an --out in a directory you can write to"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create {where}: {reason} (a part of the path is a file); choose another --out"
+    if Path(where) == out or Path(where).is_relative_to(out):
+        return f"cannot write {where}: {reason}; choose another --out"
+    return f"cannot use {where} while exporting to {out}: {reason}; check that path"
 
 
 def _checkpoint_entry(model, checkpoint: str | None) -> dict:
@@ -93,11 +182,14 @@ def _copy_tokenizer(tokenizer, root: Path) -> list[dict]:
 
 
 def _write_reference_weights(model, root: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    # Serialised here and written by Python, so that a full disk raises OSError (ENOSPC), which names the problem;
+    # save_file reports it as a SafetensorError holding Rust's message.
+    data = save(state, metadata={"model_id": spec.MODEL_ID})
     with atomic_path(root / REFERENCE_WEIGHTS) as temporary:
-        save_file(state, str(temporary), metadata={"model_id": spec.MODEL_ID})
+        temporary.write_bytes(data)
 
 
 def _preprocessing_entry() -> dict:
@@ -162,24 +254,32 @@ def export_bundle(
     seed: int = 0,
     run_parity: bool = True,
     timer: StageTimer | None = None,
+    on_removed: Callable[[RemovedStaging], None] | None = None,
 ) -> dict:
     """Write a complete bundle to ``out``; returns its manifest. Synthetic weights and the demo vocabulary by default.
 
     Stages: model and tokenizer, reference weights, FP32 graphs, FP16 graphs, probe set, activation scan, manifest,
     parity (which marks every graph deployable or not). Raises ExportError before touching anything when ``out``
-    exists and ``force`` is not set.
+    exists and is not empty, unless ``force`` is set and ``out`` is a bundle holding nothing but its own files.
+    Staging directories that killed exports to ``out`` left behind are removed first; ``on_removed`` is called with
+    each. Every OSError ends as an ExportError naming the path and the fix.
     """
     out = Path(out)
-    _check_target(out, force)
     timer = timer or StageTimer()
-    staging = out.parent / f".{out.name}{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
     try:
-        manifest = _build(staging, checkpoint, tokenizer, seed, run_parity, timer)
-        _replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        check_target(out, force, BUNDLE_OWNERSHIP)
+        for removed in remove_stale_staging(out):
+            if on_removed is not None:
+                on_removed(removed)
+        staging = make_staging_directory(out)
+        try:
+            manifest = _build(staging, checkpoint, tokenizer, seed, run_parity, timer)
+            replace_directory(staging, out, BUNDLE_OWNERSHIP, force)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except OSError as exc:
+        raise ExportError(os_error_message(exc, out)) from None
     return manifest
 
 

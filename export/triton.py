@@ -10,7 +10,9 @@ Layout written (``ruclip_tiny_visual`` and ``ruclip_tiny_textual``)::
 
 Names, data types and dims come from the one I/O description (``spec.ENCODERS``): the batch dimension becomes
 ``max_batch_size`` (so it is not listed in ``dims``), other dynamic dimensions are -1. The repository is assembled in
-a staging directory beside ``out`` and renamed into place, so a failed write never leaves a half repository.
+a staging directory beside ``out`` and renamed into place, so a failed write never leaves a half repository. It
+lists its files in ``.ruclip-tiny-repository.json``: ``force`` replaces a directory only when that listing is there
+and the directory holds nothing else (what Triton writes into a repository it served, ``__pycache__/``, aside).
 Tokenization and image preprocessing stay on the client; the runtime's are the reference.
 """
 
@@ -20,12 +22,20 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ruclip_tiny import spec
 from ruclip_tiny.errors import RuclipTinyError
+from ruclip_tiny.fileio import (
+    STAGING_OWNER,
+    Ownership,
+    atomic_write_json,
+    check_target,
+    make_staging_directory,
+    remove_stale_staging,
+    replace_directory,
+)
 from runtime.backends import tensorrt as trt_backend
 from runtime.bundle import Bundle, artifact_key, onnx_file
 
@@ -36,6 +46,9 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_
 MODEL_PREFIX = "ruclip_tiny_"
 VERSION = "1"
 README = "README.md"
+# The repository's list of its own files: what tells a repository this module wrote from any other directory.
+LISTING = ".ruclip-tiny-repository.json"
+LISTING_WRITER = "ruclip-tiny triton-repo"
 
 
 class TritonRepoError(RuclipTinyError):
@@ -327,6 +340,40 @@ Example (Python, `pip install tritonclient[http]`):
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
+def repository_files(root: Path) -> set[str]:
+    """The files ``root``'s listing names as the repository's own (the listing included); raises ValueError when
+    ``root`` was not written by this module."""
+    path = Path(root) / LISTING
+    try:
+        listing = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"it has no {LISTING}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"its {LISTING} cannot be read as JSON") from None
+    if not isinstance(listing, dict) or listing.get("written_by") != LISTING_WRITER:
+        raise ValueError(f"its {LISTING} was not written by {LISTING_WRITER}")
+    files = listing.get("files")
+    if not isinstance(files, list):
+        raise ValueError(f"its {LISTING} was not written by {LISTING_WRITER}")
+    return {LISTING} | {str(PurePosixPath(f)) for f in files if isinstance(f, str)}
+
+
+def _written_by_triton(relative: PurePosixPath) -> bool:
+    # The python backend compiles a model's model.py into __pycache__/ next to it when Triton loads it.
+    return "__pycache__" in relative.parts
+
+
+REPOSITORY_OWNERSHIP = Ownership(
+    noun="Triton repository", command=LISTING_WRITER, listed_files=repository_files, generated=_written_by_triton,
+    error=TritonRepoError,
+)
+
+
+def _write_listing(root: Path) -> None:
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name not in (LISTING, STAGING_OWNER))
+    atomic_write_json(root / LISTING, {"written_by": LISTING_WRITER, "files": files})
+
+
 def write_triton_repository(
     bundle: str | os.PathLike | Bundle,
     out: str | os.PathLike,
@@ -363,9 +410,7 @@ def write_triton_repository(
     if max_queue_delay_us < 0:
         raise TritonRepoError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise TritonRepoError(f"{out} exists and is not empty; pass --force to replace it (the old one is removed only "
-                              "once the new repository is complete)")
+    check_target(out, force, REPOSITORY_OWNERSHIP)
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     options = dict(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instance_count=instance_count,
                    instance_kind=instance_kind)
@@ -378,8 +423,8 @@ def write_triton_repository(
     for model in models:
         model.synthetic = synthetic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    remove_stale_staging(out)
+    staging = make_staging_directory(out)
     try:
         for model in models:
             version_dir = staging / model.name / VERSION
@@ -390,33 +435,11 @@ def write_triton_repository(
         (staging / README).write_text(
             repository_readme(bundle, models, platform, precision, max_batch, synthetic), encoding="utf-8"
         )
+        _write_listing(staging)
         for path in [staging, *staging.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)  # a serving container reads it as another user
-        _replace_directory(staging, out)
+        replace_directory(staging, out, REPOSITORY_OWNERSHIP, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     return models
-
-
-def _replace_directory(new: Path, out: Path) -> None:
-    """Rename ``new`` onto ``out``; an existing ``out`` is moved aside first and removed after."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    old.rmdir()
-    os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except OSError:
-        os.replace(old, out)  # put the old repository back
-        raise
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()

@@ -31,13 +31,14 @@ def reference_model(synthetic_state):
 
 @pytest.fixture(scope="session")
 def exported_bundle(tmp_path_factory):
-    """ONE full-size bundle per test session (synthetic weights, demo vocabulary), exported over a stale directory
-    with force=True so that replacement is exercised too. Tests must not modify it: copy it first."""
+    """ONE full-size bundle per test session (synthetic weights, demo vocabulary), exported with force=True over an
+    older bundle (tests/export/older_bundle.py) so that replacement is exercised too. Tests must not modify it: copy
+    it first."""
     from export.bundle import export_bundle
+    from tests.export.older_bundle import write_older_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "ruclip-tiny"
-    out.mkdir()
-    (out / "stale-file.txt").write_text("left by an older export")
+    write_older_bundle(out)
     export_bundle(out, force=True)
     return out
 

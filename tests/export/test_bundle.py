@@ -15,6 +15,7 @@ import pytest
 
 from export.bundle import ExportError, export_bundle
 from runtime.bundle import Bundle, BundleError
+from tests.export.older_bundle import ENGINE, INTERRUPTED_WRITE, RETIRED_ARTIFACT, write_older_bundle
 
 
 def test_manifest_describes_every_artifact_and_they_verify(exported_bundle):
@@ -35,7 +36,10 @@ def test_manifest_describes_every_artifact_and_they_verify(exported_bundle):
 
 
 def test_force_replaced_the_old_directory_with_a_complete_bundle(exported_bundle):
-    assert not (exported_bundle / "stale-file.txt").exists()
+    # the older bundle's files are gone, not merged with the new ones
+    for relative in (RETIRED_ARTIFACT, ENGINE, INTERRUPTED_WRITE):
+        assert not (exported_bundle / relative).exists(), relative
+    assert not (exported_bundle / "engines").exists()
     leftovers = [p.name for p in exported_bundle.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no staging or retired directories left behind
 
@@ -61,9 +65,8 @@ def test_existing_bundle_is_not_overwritten_without_force(tmp_path):
 def test_failed_export_leaves_the_old_bundle_intact_and_no_staging(tmp_path, monkeypatch):
     import export.onnx
 
-    target = tmp_path / "bundle"
-    target.mkdir()
-    (target / "manifest.json").write_text('{"old": true}')
+    target = write_older_bundle(tmp_path / "bundle")
+    old_manifest = json.loads((target / "manifest.json").read_text())
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated exporter failure")
@@ -71,7 +74,8 @@ def test_failed_export_leaves_the_old_bundle_intact_and_no_staging(tmp_path, mon
     monkeypatch.setattr(export.onnx, "export_encoder", broken)
     with pytest.raises(RuntimeError, match="simulated exporter failure"):
         export_bundle(target, force=True)
-    assert json.loads((target / "manifest.json").read_text()) == {"old": True}
+    assert json.loads((target / "manifest.json").read_text()) == old_manifest
+    assert (target / RETIRED_ARTIFACT).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 

@@ -99,26 +99,75 @@ def test_onnxruntime_repository_configs_parse_with_tritons_schema_and_match_the_
     assert not list(tmp_path.glob(".repo.*")), "staging directories left behind"
 
 
+def _older_repository(bundle: Path, out: Path) -> Path:
+    """A repository this module wrote earlier (fp16 graphs), after Triton served it: python's __pycache__ inside."""
+    write_triton_repository(bundle, out, precision="fp16")
+    (out / "ruclip_tiny_visual" / "1" / "__pycache__").mkdir()
+    (out / "ruclip_tiny_visual" / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"compiled by Triton")
+    return out
+
+
 def test_an_existing_repository_is_replaced_only_with_force_and_only_once_complete(fake_bundle, tmp_path):
-    out = tmp_path / "repo"
-    out.mkdir()
-    (out / "old-model").mkdir()
-    (out / "old-model" / "config.pbtxt").write_text("old")
+    out = _older_repository(fake_bundle, tmp_path / "repo")
+    old_graph = (out / "ruclip_tiny_visual" / "1" / "model.onnx").read_bytes()
     with pytest.raises(TritonRepoError, match="--force"):
         write_triton_repository(fake_bundle, out)
-    assert (out / "old-model" / "config.pbtxt").read_text() == "old"
+    assert (out / "ruclip_tiny_visual" / "1" / "model.onnx").read_bytes() == old_graph
 
     with pytest.raises(TritonRepoError, match="build-engines"):  # fails before anything is replaced
         write_triton_repository(fake_bundle, out, platform="tensorrt", force=True)
-    assert (out / "old-model" / "config.pbtxt").read_text() == "old"
+    assert (out / "ruclip_tiny_visual" / "1" / "model.onnx").read_bytes() == old_graph
 
     write_triton_repository(fake_bundle, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ruclip_tiny_textual", "ruclip_tiny_visual"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".ruclip-tiny-repository.json", "README.md", "ruclip_tiny_textual", "ruclip_tiny_visual"]
+    assert file_sha256(out / "ruclip_tiny_visual" / "1" / "model.onnx") == file_sha256(fake_bundle / "visual.onnx")
+    assert not (out / "ruclip_tiny_visual" / "1" / "__pycache__").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "repo"], "staging or old copies left behind"
     empty = tmp_path / "empty"
     empty.mkdir()
     write_triton_repository(fake_bundle, empty)  # an empty directory needs no --force
     assert (empty / "ruclip_tiny_visual" / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(("foreign", "named"), [
+    ("notes.txt", "notes.txt"),
+    ("my_model/config.pbtxt", "my_model/"),  # a directory of the user's is named as a whole
+    ("ruclip_tiny_visual/1/weights.bin", "ruclip_tiny_visual/1/weights.bin"),
+    ("ruclip_tiny_textual/2/", "ruclip_tiny_textual/2/"),
+])
+def test_force_refuses_a_repository_holding_anything_else(fake_bundle, tmp_path, foreign, named):
+    out = _older_repository(fake_bundle, tmp_path / "repo")
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    if foreign.endswith("/"):
+        (out / foreign).mkdir()
+    else:
+        (out / foreign).write_text("the user's")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TritonRepoError, match="holds files that are not its Triton repository's own") as refused:
+        write_triton_repository(fake_bundle, out, force=True)
+    assert str(out) in str(refused.value) and named in str(refused.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "repo"]
+
+
+def test_triton_repo_force_on_a_directory_it_did_not_write_exits_2_naming_it(fake_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "models"
+    (out / "old-model").mkdir(parents=True)
+    (out / "old-model" / "config.pbtxt").write_text("old")
+    script = Path(sys.executable).with_name("ruclip-tiny")
+    command = [str(script)] if script.is_file() else [
+        sys.executable, "-c", "import sys; from ruclip_tiny.cli import main; sys.exit(main())"]
+    result = subprocess.run([*command, "triton-repo", str(fake_bundle), "--out", str(out), "--force"],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ruclip-tiny triton-repo: error: ") and str(out) in last
+    assert "not a Triton repository written by ruclip-tiny triton-repo" in last
+    assert (out / "old-model" / "config.pbtxt").read_text() == "old"
 
 
 def test_tensorrt_without_engines_says_to_build_them(fake_bundle, tmp_path, capsys):
