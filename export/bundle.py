@@ -151,13 +151,13 @@ def os_error_message(exc: OSError, out: Path) -> str:
         writing = f" (while writing {where})" if where != str(out) else ""
         return (f"{what} holding {out}{writing}: a bundle needs about {BUNDLE_BYTES_ESTIMATE / 1e6:.0f} MB and "
                 f"{free_text}; free some space, or choose an --out on another disk")
+    if not (Path(where).is_relative_to(out) or out.is_relative_to(where)):
+        return f"cannot use {where} while exporting to {out}: {reason}; check that path"  # an input, e.g. unreadable
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {where}: {reason}; choose an --out in a directory you can write to"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         return f"cannot create {where}: {reason} (a part of the path is a file); choose another --out"
-    if Path(where) == out or Path(where).is_relative_to(out):
-        return f"cannot write {where}: {reason}; choose another --out"
-    return f"cannot use {where} while exporting to {out}: {reason}; check that path"
+    return f"cannot write {where}: {reason}; choose another --out"
 
 
 def _checkpoint_entry(model, checkpoint: str | None) -> dict:
