@@ -63,7 +63,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     timer = StageTimer()
     print(f"ruclip-tiny export -> {args.out}")
     manifest = export_bundle(
-        args.out, checkpoint=args.checkpoint, tokenizer=args.tokenizer, force=args.force, seed=args.seed, timer=timer
+        args.out, checkpoint=args.checkpoint, tokenizer=args.tokenizer, force=args.force, seed=args.seed, timer=timer,
+        on_removed=lambda removed: print(f"  {removed.describe()}"),
     )
     graphs = {key: entry for key, entry in manifest["artifacts"].items() if entry.get("format") == "onnx"}
     failed = sorted(key for key, entry in graphs.items() if not entry["deployable"])
