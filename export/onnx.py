@@ -238,10 +238,11 @@ def check_graph(path: str | Path, encoder: str) -> None:
         inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise GraphCheckError(f"{path}: the {encoder} graph is not valid ONNX: {exc}") from None
-    actual = [_describe_value(v) for v in [*inferred.graph.input, *inferred.graph.output]]
-    wanted = [(t.name, t.dtype, t.symbolic_shape) for t in [*encoder_spec.inputs, *encoder_spec.outputs]]
-    if actual != wanted:
-        raise GraphCheckError(f"{path}: the {encoder} graph's I/O is {actual}, the spec says {wanted}")
+    inputs = [_describe_value(v) for v in inferred.graph.input]
+    outputs = [_describe_value(v) for v in inferred.graph.output]
+    problems = spec.io_mismatches(encoder_spec, inputs, outputs, dim_names=True)
+    if problems:
+        raise GraphCheckError(f"{path}: the {encoder} graph's I/O differs from the spec: {'; '.join(problems)}")
 
 
 def _describe_value(value) -> tuple[str, str, list]:

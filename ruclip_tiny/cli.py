@@ -80,7 +80,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     from runtime.parity import parity_command
 
     return parity_command(
-        args.bundle, precision=args.precision, providers=args.providers, backend=args.backend, device=args.device
+        args.bundle, precision=args.precision, providers=args.providers, backend=args.backend, device=args.device,
+        write=not args.no_write,
     )
 
 
@@ -378,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parity.add_argument("--providers", help="onnxruntime providers, comma-separated (cpu, cuda, tensorrt)")
     parity.add_argument("--device", help="torch backend device: cpu, cuda or cuda:N (default: cuda when available)")
+    parity.add_argument(
+        "--no-write",
+        action="store_true",
+        help="only report: write no report, plot or deployable flag into the bundle (for a read-only bundle)",
+    )
     parity.set_defaults(func=_cmd_parity)
 
     embed = commands.add_parser("embed", help="embed a folder of images or a text file into an .npz/.parquet collection")

@@ -101,3 +101,43 @@ TEXTUAL = EncoderSpec(
     outputs=(TensorSpec("text_features", "float32", (BATCH, EMBED_DIM)),),
 )
 ENCODERS = {spec.name: spec for spec in (VISUAL, TEXTUAL)}
+
+
+def io_mismatches(
+    encoder: EncoderSpec,
+    inputs: list[tuple[str, str, list[int | str | None]]],
+    outputs: list[tuple[str, str, list[int | str | None]]],
+    dim_names: bool = False,
+) -> list[str]:
+    """How a graph's or engine's inputs and outputs differ from ``encoder``'s: one sentence each, [] when they match.
+
+    inputs, outputs: ``(name, numpy dtype name, shape)`` per tensor, in the artifact's order; a shape holds an int
+    for a fixed axis and a str (ONNX ``dim_param``) or None (unnamed, TensorRT's -1) for a dynamic one.
+    dim_names: dynamic axes must carry the spec's names (``batch``, ``seq``), as export writes them; otherwise any
+    dynamic axis will do (an axis the spec calls dynamic must never be fixed: a fixed batch refuses other batches).
+    """
+    problems = []
+    for kind, actual, wanted in (("inputs", inputs, encoder.inputs), ("outputs", outputs, encoder.outputs)):
+        names = [name for name, _, _ in actual]
+        if names != [tensor.name for tensor in wanted]:
+            problems.append(f"{kind} are {names}, the spec says {[tensor.name for tensor in wanted]}")
+            continue
+        for (name, dtype, shape), tensor in zip(actual, wanted):
+            if dtype != tensor.dtype:
+                problems.append(f"{name} is {dtype}, the spec says {tensor.dtype}")
+            if not _shape_fits(list(shape), tensor, dim_names):
+                problems.append(f"{name} has shape {list(shape)}, the spec says {tensor.symbolic_shape}")
+    return problems
+
+
+def _shape_fits(shape: list[int | str | None], tensor: TensorSpec, dim_names: bool) -> bool:
+    if len(shape) != len(tensor.shape):
+        return False
+    for actual, wanted in zip(shape, tensor.shape):
+        if isinstance(wanted, Dim):
+            dynamic = actual is None or isinstance(actual, str)
+            if not dynamic or (dim_names and actual != wanted.name):
+                return False
+        elif isinstance(actual, bool) or actual != wanted:
+            return False
+    return True

@@ -205,13 +205,6 @@ def check_deployable(bundle: Bundle, keys: Sequence[str], allow_not_deployable: 
         )
 
 
-def verify_tokenizer(bundle: Bundle) -> None:
-    """sha256 of the tokenizer files the manifest lists (a changed vocabulary changes every text embedding)."""
-    tokenizer = bundle.manifest.get("tokenizer")
-    for entry in tokenizer.get("files", []) if isinstance(tokenizer, dict) else []:
-        bundle.verify_file(f"tokenizer file {entry['path']}", entry)
-
-
 # --- the embedder --------------------------------------------------------------------------------------------------
 
 
@@ -245,12 +238,9 @@ class Embedder:
         self.batch_size = _check_batch_size(batch_size)
         self.trim_padding = trim_padding
         self.decode_workers = decode_workers or min(MAX_DECODE_WORKERS, os.cpu_count() or 1)
-        manifest = bundle.manifest
-        scale = manifest.get("logit_scale", (manifest.get("probe") or {}).get("logit_scale"))
-        self.logit_scale = None if scale is None else float(scale)
-        self.dim = int(manifest.get("embedding_dim", spec.EMBED_DIM))
-        checkpoint = manifest.get("checkpoint") or {}
-        self.synthetic = bool(manifest.get("synthetic", checkpoint.get("synthetic", False)))
+        self.logit_scale = bundle.logit_scale
+        self.dim = bundle.embedding_dim
+        self.synthetic = bundle.synthetic
         self.last_truncated: list[int] = []
         self.exif_transpose = bool(exif_transpose)
         self.max_image_pixels = max_image_pixels
@@ -288,15 +278,17 @@ class Embedder:
         backend_options: for the chosen backend — onnxruntime: providers, intra_op_threads, inter_op_threads,
         graph_optimization_level, execution_mode, fused_attention, image_micro_batch, text_micro_batch_tokens;
         torch: device, threads.
-        Raises BundleError (not a bundle, artifact changed, not deployable) or BackendError (cannot run it here).
+        Raises BundleError (not a bundle, a manifest field of a wrong type or a path outside the bundle, an
+        artifact changed or with inputs/outputs other than ``ruclip_tiny.spec`` says, the tokenizer missing, not
+        deployable) or BackendError (cannot run it here).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         plan = plan_backend(bundle, backend, precision, **backend_options)
         check_deployable(bundle, plan.artifacts, allow_not_deployable)
+        bundle.check_tokenizer(verify)
         if verify:
             bundle.verify(plan.artifacts)
-            verify_tokenizer(bundle)
-        opened = plan.open(bundle)
+        opened = plan.open(bundle)  # each graph's inputs and outputs are checked against ruclip_tiny.spec here
         logger.info("embedder: %s from %s (%s)", opened.describe(), bundle.root, plan.reason)
         return cls(opened, bundle, plan.reason, batch_size, decode_workers, trim_padding, exif_transpose,
                    max_image_pixels)

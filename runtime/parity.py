@@ -47,6 +47,7 @@ from ruclip_tiny.fileio import atomic_path, atomic_write_json
 from runtime.backends import Backend, BackendError, plan_backend
 from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_name, resolve_providers
 from runtime.bundle import (
+    MANIFEST,
     PARITY_DIR,
     PRECISIONS,
     PROBE_INPUTS,
@@ -329,10 +330,12 @@ def _read_npz(path: Path, required: list[str]) -> dict[str, np.ndarray]:
             f"{path} is missing: parity needs the probe set and its reference outputs — "
             "re-export the bundle (ruclip-tiny export --force)"
         )
+    arrays = {}
     try:
         # allow_pickle=False: a bundle may come from elsewhere, and unpickling runs code
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            for name in data.files:
+                arrays[name] = _read_array(data, name, path)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{path} cannot be read ({exc}); re-export the bundle (ruclip-tiny export --force)") from None
     missing = [name for name in required if name not in arrays]
@@ -341,15 +344,31 @@ def _read_npz(path: Path, required: list[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _read_array(data, name: str, path: Path) -> np.ndarray:
+    """One array of an open .npz; an object array (pickled Python objects) is refused by name, never unpickled."""
+    try:
+        return data[name]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise BundleError(
+            f"{path}: {name} is an object array (pickled Python objects), which parity never loads: unpickling runs "
+            "code — a probe holds only numbers and strings; re-export the bundle (ruclip-tiny export --force)"
+        ) from None
+
+
 def _verify_probe_files(bundle: Bundle) -> None:
-    """Check the probe files against the sha256 the manifest lists for them (``manifest["probe"]["files"]``):
-    a changed reference would silently move every verdict."""
-    probe = bundle.manifest.get("probe")
-    listed = probe.get("files", []) if isinstance(probe, dict) else []
-    for entry in listed:
-        if not isinstance(entry, dict) or entry.get("path") not in (PROBE_INPUTS, PROBE_REFERENCE):
-            continue
-        bundle.verify_file("probe", entry)
+    """Check the probe files parity reads against the size and sha256 the manifest lists for them
+    (``manifest["probe"]["files"]``): a changed reference would silently move every verdict, so a probe file the
+    manifest does not vouch for is refused too."""
+    listed = {entry["path"]: entry for entry in (bundle.manifest.get("probe") or {}).get("files", [])}
+    for relative in (PROBE_INPUTS, PROBE_REFERENCE):
+        if relative not in listed:
+            raise BundleError(
+                f"{bundle.root / MANIFEST}: probe.files lists no size and sha256 for {relative}, so its reference "
+                "cannot be trusted; re-export the bundle (ruclip-tiny export --force)"
+            )
+        bundle.verify_file("probe", listed[relative])
 
 
 def load_probe(bundle: Bundle) -> Probe:
@@ -441,7 +460,7 @@ def _onnxruntime_runs(
             manifest_entry = bundle.artifact(key)
             fields.update(file=manifest_entry["path"], sha256=manifest_entry.get("sha256"))
             bundle.verify([key])
-            encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers)
+            encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers, encoder=encoder_spec)
         except (BundleError, BackendError) as exc:
             runs.append(EncoderRun(key, encoder_spec, None, fields, str(exc)))
             continue
@@ -612,6 +631,7 @@ def run_parity(
     if backend != BACKEND and providers is not None:
         raise BackendError(f"providers are ONNX Runtime's; the {backend} backend takes backend_options")
     bundle = Bundle.load(bundle_root)
+    bundle.check_tokenizer()  # what Embedder.load checks too: a bundle it refuses must not pass here
     probe = load_probe(bundle)
     providers = parity_providers(providers) if backend == BACKEND else []
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -701,7 +721,8 @@ def _write_results(root: Path, report: dict, features: dict[str, np.ndarray], pr
         return _write_files(root, report, features, probe)
     except OSError as exc:
         raise BundleError(
-            f"cannot write the parity results into {root} ({exc}); run parity on a writable copy of the bundle"
+            f"cannot write the parity results into {root} ({exc}); to report without writing, run: "
+            f"ruclip-tiny parity {root} --no-write (or run parity on a writable copy of the bundle)"
         ) from None
 
 
@@ -852,9 +873,13 @@ def parity_command(
     providers: Sequence[Provider] | str | None = None,
     backend: str = BACKEND,
     device: str | None = None,
+    write: bool = True,
 ) -> int:
-    """``ruclip-tiny parity BUNDLE [--precision fp32|fp16|all] [--backend B] [--providers P] [--device D]``:
-    0 all passed, 1 something failed, 2 not a bundle or nothing could be compared.
+    """``ruclip-tiny parity BUNDLE [--precision fp32|fp16|all] [--backend B] [--providers P] [--device D]
+    [--no-write]``: 0 all passed, 1 something failed, 2 not a bundle or nothing could be compared.
+
+    write: record the report, plot, verdicts and deployable flags in the bundle; False (``--no-write``) only
+    prints, so a read-only bundle can be checked.
 
     With ``all``, a precision that the backend refuses on this machine (torch fp16 on a CPU) is skipped with the
     reason printed; asked for by name, it is a failure.
@@ -880,6 +905,7 @@ def parity_command(
             backend=backend,
             backend_options=options,
             skip_unavailable=precision == "all",
+            write=write,
         )
     except (BundleError, BackendError) as exc:
         print(f"ruclip-tiny parity: error: {exc}", file=sys.stderr)
@@ -902,23 +928,25 @@ def parity_command(
     print(format_table(report))
     root = Path(report["bundle"])
     written = report["written"]
-    print(f"report:   {root / written['report']}")
-    if written["plot"]:
-        print(f"plot:     {root / written['plot']}")
+    if written is None:
+        print(f"nothing written (--no-write): {root} is unchanged, no deployable flag was set")
     else:
-        print(f"plot:     skipped — {written['plot_skipped']}")
-    print(f"manifest: parity results and deployable flags updated in {root / written['manifest']}")
+        print(f"report:   {root / written['report']}")
+        if written["plot"]:
+            print(f"plot:     {root / written['plot']}")
+        else:
+            print(f"plot:     skipped — {written['plot_skipped']}")
+        print(f"manifest: parity results and deployable flags updated in {root / written['manifest']}")
     failed = [key for key, entry in report["results"].items() if not entry["passed"]]
     if failed:
-        print(
-            f"PARITY FAILED: {', '.join(failed)} (reasons above); a failed artifact is marked not deployable",
-            file=sys.stderr,
-        )
+        marking = "a failed artifact is marked not deployable" if written else "nothing was marked (--no-write)"
+        print(f"PARITY FAILED: {', '.join(failed)} (reasons above); {marking}", file=sys.stderr)
         return 1
     marked = [key for key, entry in report["results"].items() if entry["kind"] == "artifact" and ":" not in key]
-    print(
-        "parity passed: every requested artifact is marked deployable"
-        if marked
-        else f"parity passed (the {backend} backend runs no artifact of the manifest, so no deployable flag changed)"
-    )
+    if written is None:
+        print("parity passed")
+    elif marked:
+        print("parity passed: every requested artifact is marked deployable")
+    else:
+        print(f"parity passed (the {backend} backend runs no artifact of the manifest, so no deployable flag changed)")
     return 0

@@ -133,7 +133,10 @@ def plan_backend(bundle, backend: str = "auto", precision: str = "auto", **optio
     check_bundle = getattr(module, "check_bundle", None)  # artifacts that depend on this machine (TensorRT engines)
     if check_bundle is not None:
         check_bundle(bundle, precision)
-    plan = BackendPlan(backend, precision, device, module.artifact_keys(precision), options, reason)
+    # which files are read can depend on the bundle and the options (the fused text graph): ask the backend
+    plan_artifacts = getattr(module, "plan_artifacts", None)
+    artifacts = plan_artifacts(bundle, precision, options) if plan_artifacts else module.artifact_keys(precision)
+    plan = BackendPlan(backend, precision, device, artifacts, options, reason)
     if plan.reason.startswith("auto"):
         logger.info("backend: %s %s on %s (%s)", plan.name, plan.precision, plan.device, plan.reason)
     return plan

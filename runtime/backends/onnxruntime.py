@@ -17,8 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ruclip_tiny import spec
-from ruclip_tiny.errors import RuclipTinyError
-from runtime.bundle import artifact_key, fused_key
+from runtime.bundle import BundleError, artifact_key, fused_key
 
 from . import Backend, BackendError
 
@@ -68,6 +67,28 @@ def provider_name(provider: Provider) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
+def _numpy_dtype(onnxruntime_type: str) -> str:
+    """``tensor(float)`` -> ``float32``: ONNX Runtime's type names as numpy's."""
+    name = onnxruntime_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(name, name)
+
+
+def check_graph_io(session: ort.InferenceSession, encoder: spec.EncoderSpec, path: Path) -> None:
+    """Refuse (BundleError) a graph whose inputs or outputs are not ``encoder``'s: names, dtypes, fixed axes
+    (pixels 3×224×224, features 768) and dynamic ones (batch, sequence), as ONNX Runtime reads them from the graph —
+    the check export applies to what it writes (``ruclip_tiny.spec.io_mismatches``), without the onnx package."""
+    described = [
+        [(value.name, _numpy_dtype(value.type), list(value.shape)) for value in values]
+        for values in (session.get_inputs(), session.get_outputs())
+    ]
+    problems = spec.io_mismatches(encoder, *described)
+    if problems:
+        raise BundleError(
+            f"{path} is not a {encoder.name} encoder graph: {'; '.join(problems)} — the file was replaced or comes "
+            "from another model; re-export the bundle (ruclip-tiny export --force)"
+        )
+
+
 class OnnxRuntimeEncoder:
     """One ONNX graph with a single float output ``[B, ...]`` (the encoders give ``float32 [B, 768]``).
 
@@ -77,6 +98,9 @@ class OnnxRuntimeEncoder:
     parallel execution mode).
     ``execution_mode``: ``sequential`` (ONNX Runtime's default) or ``parallel`` (independent branches at once).
     ``graph_optimization_level``: ``disable``, ``basic``, ``extended`` or ``all``.
+    ``encoder``: the spec the graph must implement; its inputs and outputs (names, dtypes, fixed and dynamic axes)
+    are checked against it when the session opens, and a graph that differs is refused with BundleError (a
+    replaced graph would otherwise load and fail at its first call).
     """
 
     def __init__(
@@ -87,6 +111,7 @@ class OnnxRuntimeEncoder:
         graph_optimization_level: str = "all",
         inter_op_threads: int | None = None,
         execution_mode: str = "sequential",
+        encoder: spec.EncoderSpec | None = None,
     ):
         self.path = Path(path)
         if graph_optimization_level not in _OPTIMIZATION_LEVELS:
@@ -116,6 +141,8 @@ class OnnxRuntimeEncoder:
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
         self.input_names = [value.name for value in self.session.get_inputs()]
         self.output_names = [value.name for value in self.session.get_outputs()]
+        if encoder is not None:
+            check_graph_io(self.session, encoder, self.path)
         if len(self.output_names) != 1:
             raise BackendError(
                 f"{self.path} has outputs {self.output_names}; an encoder graph has exactly one (its features)"
@@ -310,8 +337,6 @@ class OnnxRuntimeBackend(Backend):
         ``auto``: CPU_IMAGE_MICRO_BATCH and CPU_TEXT_MICRO_BATCH_TOKENS on the CPU provider, whole batches on a
         GPU provider; 0 or None: whole batches.
         """
-        if fused_attention not in FUSED_ATTENTION_CHOICES:
-            raise BackendError(f"fused_attention must be 'auto', True or False, not {fused_attention!r}")
         providers = resolve_providers(providers)
         device = _device_of(providers)
         image_micro_batch = resolve_micro_batch(image_micro_batch, "image_micro_batch", CPU_IMAGE_MICRO_BATCH, device)
@@ -326,9 +351,16 @@ class OnnxRuntimeBackend(Backend):
             "execution_mode": execution_mode,
         }
         visual_key, textual_key = artifact_keys(precision)
-        visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key)["path"]), **settings)
-        textual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(textual_key)["path"]), **settings)
-        fused = _fused_textual(bundle, precision, fused_attention, providers, settings)
+        visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key)["path"]), **settings, encoder=spec.VISUAL)
+        textual = OnnxRuntimeEncoder(
+            bundle.path(bundle.artifact(textual_key)["path"]), **settings, encoder=spec.TEXTUAL
+        )
+        fused = None
+        fused_graph = fused_textual_key(bundle, precision, fused_attention, providers)
+        if fused_graph is not None:
+            fused = OnnxRuntimeEncoder(
+                bundle.path(bundle.artifact(fused_graph)["path"]), **settings, encoder=spec.TEXTUAL
+            )
         backend = cls(visual, textual, precision, fused, image_micro_batch, text_micro_batch_tokens)
         requested = provider_name(providers[0])
         if backend.providers[0] != requested:
@@ -389,8 +421,15 @@ class OnnxRuntimeBackend(Backend):
         self.visual = self.textual = self.textual_fused = None
 
 
-def _fused_textual(bundle, precision: str, fused_attention, providers, settings: dict) -> OnnxRuntimeEncoder | None:
-    """The session of the bundle's fused text graph when ``fused_attention`` asks for it and it may be used."""
+def fused_textual_key(bundle, precision: str, fused_attention, providers) -> str | None:
+    """The manifest key of the fused text graph to open when ``fused_attention`` asks for it and it may be used,
+    else None; with ``fused_attention=True`` a reason not to use it raises BackendError.
+
+    Its file is verified like the other graphs' (``plan_artifacts`` lists it, and the embedder checks sha256 and
+    I/O): a corrupt fused graph is refused, never skipped.
+    """
+    if fused_attention not in FUSED_ATTENTION_CHOICES:
+        raise BackendError(f"fused_attention must be 'auto', True or False, not {fused_attention!r}")
     if fused_attention is False:
         return None
     key = fused_key(spec.TEXTUAL.name, precision)
@@ -403,16 +442,18 @@ def _fused_textual(bundle, precision: str, fused_attention, providers, settings:
     elif provider_name(providers[0]) != "CPUExecutionProvider":
         problem = f"{key} was fused for the CPU provider, not {provider_name(providers[0])}"
     if problem is None:
-        try:
-            bundle.verify([key])
-        except RuclipTinyError as exc:
-            problem = str(exc)
-    if problem is not None:
-        if fused_attention is True:
-            raise BackendError(f"fused_attention=True but {problem}")
-        logger.debug("fused attention not used: %s", problem)
-        return None
-    return OnnxRuntimeEncoder(bundle.path(entry["path"]), **settings)
+        return key
+    if fused_attention is True:
+        raise BackendError(f"fused_attention=True but {problem}")
+    logger.debug("fused attention not used: %s", problem)
+    return None
+
+
+def plan_artifacts(bundle, precision: str, options: dict) -> list[str]:
+    """The manifest keys a backend planned with ``options`` (providers resolved) will read: both graphs of
+    ``precision``, and the fused text graph when it will be used."""
+    fused = fused_textual_key(bundle, precision, options.get("fused_attention", "auto"), options["providers"])
+    return artifact_keys(precision) + ([fused] if fused is not None else [])
 
 
 def from_bundle(bundle, precision: str = "fp32", **options) -> OnnxRuntimeBackend:

@@ -8,12 +8,15 @@ The ``.fp16`` graphs store their weights in float16 and compute in float16 with 
 the 50,176-pixel mean stays in float32, as a real mixed-precision graph keeps its large reductions), like the
 real FP16 artifacts. Sin of a wide pre-activation (std ~3) makes the output direction sensitive to a 1% weight
 change, so a tampered weight shows in the cosine metrics too, not only in the absolute error.
+Tokenizer: ``tokenizer/vocab.txt`` with VOCAB ids (special tokens, then ``слово0`` …), so texts run end to end.
 
 Tests use ``build_fake_bundle`` and the tampering helpers below; the probe reference is the fp32 graphs' output.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +80,10 @@ def _compute_type(precision: str) -> tuple[np.dtype, int]:
     return np.dtype(np.float32), TensorProto.FLOAT
 
 
-def visual_graph(weights: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
+def visual_graph(
+    weights: dict[str, np.ndarray], precision: str, encoder: spec.EncoderSpec = spec.VISUAL
+) -> onnx.ModelProto:
+    """The fake image encoder; ``encoder``: the I/O it declares (another one makes a graph that breaks the spec)."""
     dtype, elem = _compute_type(precision)
     inits = [numpy_helper.from_array(weights[n].astype(dtype), n) for n in (VISUAL_W1, "visual.b1", "visual.w2")]
     inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "visual.hw_axes"))
@@ -90,10 +96,13 @@ def visual_graph(weights: dict[str, np.ndarray], precision: str) -> onnx.ModelPr
         helper.make_node("MatMul", ["h", "visual.w2"], ["out"]),
         helper.make_node("Cast", ["out"], ["image_features"], to=TensorProto.FLOAT),
     ]
-    return _model(spec.VISUAL, nodes, inits)
+    return _model(encoder, nodes, inits)
 
 
-def textual_graph(weights: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
+def textual_graph(
+    weights: dict[str, np.ndarray], precision: str, encoder: spec.EncoderSpec = spec.TEXTUAL
+) -> onnx.ModelProto:
+    """The fake text encoder; ``encoder``: the I/O it declares (another one makes a graph that breaks the spec)."""
     dtype, elem = _compute_type(precision)
     names = ("textual.embedding", TEXTUAL_W1, "textual.b1", "textual.w2")
     inits = [numpy_helper.from_array(weights[n].astype(dtype), n) for n in names]
@@ -115,7 +124,7 @@ def textual_graph(weights: dict[str, np.ndarray], precision: str) -> onnx.ModelP
         helper.make_node("MatMul", ["h", "textual.w2"], ["out"]),
         helper.make_node("Cast", ["out"], ["text_features"], to=TensorProto.FLOAT),
     ]
-    return _model(spec.TEXTUAL, nodes, inits)
+    return _model(encoder, nodes, inits)
 
 
 def fake_probe(images: int, texts: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -143,6 +152,25 @@ def fake_probe(images: int, texts: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+# The fake tokenizer: special tokens first, then plain words, VOCAB ids in all (the fake embedding's rows).
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+FAKE_WORDS = tuple(f"слово{i}" for i in range(VOCAB - len(SPECIAL_TOKENS)))
+# exp of the original module's initial parameter (1/0.07): a plausible multiplier
+LOGIT_SCALE = float(np.exp(spec.LOGIT_SCALE_INIT))
+
+
+def write_tokenizer(root: Path) -> list[dict]:
+    """``tokenizer/vocab.txt`` (VOCAB ids) and ``tokenizer_config.json`` (cased); returns their manifest entries."""
+    directory = root / bundle_layout.TOKENIZER_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, *FAKE_WORDS]) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text('{"do_lower_case": false}\n', encoding="utf-8")
+    return [
+        bundle_layout.describe_file(root, f"{bundle_layout.TOKENIZER_DIR}/{name}")
+        for name in ("vocab.txt", "tokenizer_config.json")
+    ]
+
+
 def _graph_entry(root: Path, encoder: str, precision: str) -> dict:
     encoder_spec = spec.ENCODERS[encoder]
     return bundle_layout.describe_file(
@@ -163,7 +191,8 @@ def build_fake_bundle(
     seed: int = 0,
     precisions: tuple[str, ...] = bundle_layout.PRECISIONS,
 ) -> Path:
-    """Write a fake bundle (four graphs, probe, manifest with sha256 entries) into ``root``; return ``root``."""
+    """Write a fake bundle (four graphs, tokenizer, probe, manifest with sha256 entries) into ``root``; return
+    ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     weights = fake_weights(seed)
@@ -184,12 +213,16 @@ def build_fake_bundle(
         reference[encoder_spec.outputs[0].name] = OnnxRuntimeEncoder(path).run(feeds)
         path.unlink()
     np.savez(root / bundle_layout.PROBE_REFERENCE, **reference)
+    tokenizer_files = write_tokenizer(root)
 
     manifest = {
         "schema_version": bundle_layout.SCHEMA_VERSION,
         "model_id": "fake-ruclip-tiny",
+        "synthetic": True,
         "checkpoint": {"synthetic": True, "seed": seed},
-        "embed_dim": spec.EMBED_DIM,
+        "embedding_dim": spec.EMBED_DIM,
+        "logit_scale": LOGIT_SCALE,
+        "tokenizer": {"path": bundle_layout.TOKENIZER_DIR, "files": tokenizer_files},
         "probe": {
             "images": images,
             "texts": texts,
@@ -236,3 +269,52 @@ def flip_byte(path: str | Path, offset: int | None = None) -> None:
     offset = len(data) // 2 if offset is None else offset
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def add_fused_textual(root: str | Path, precision: str = "fp32", deployable: bool = True) -> str:
+    """Record the fp32 text graph again as the fused text graph (``textual.fused.onnx``, same I/O and numbers, as
+    ONNX Runtime's fusion leaves them); returns its manifest key."""
+    root = Path(root)
+    key = bundle_layout.fused_key(spec.TEXTUAL.name, precision)
+    source = root / bundle_layout.onnx_file(spec.TEXTUAL.name, precision)
+    target = root / f"{spec.TEXTUAL.name}.fused.onnx"
+    target.write_bytes(source.read_bytes())
+    loaded = bundle_layout.Bundle.load(root)
+    main = bundle_layout.artifact_key(spec.TEXTUAL.name, precision)
+    loaded.artifacts[key] = {
+        **loaded.artifact(main),
+        **bundle_layout.describe_file(root, target.name),
+        "fused_variant_of": main,
+        "deployable": deployable,
+    }
+    loaded.write_manifest()
+    return key
+
+
+def edit_manifest(root: str | Path, edit) -> None:
+    """Apply ``edit`` (a function changing the parsed manifest in place) to ``root``'s manifest.json, without any
+    validation: how tests write a manifest no command would accept."""
+    path = Path(root) / bundle_layout.MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    edit(manifest)
+    path.write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+
+
+def refresh_probe_entries(root: str | Path) -> None:
+    """Re-describe the probe files (size, sha256) in the manifest, so a changed probe passes the sha256 check."""
+    loaded = bundle_layout.Bundle.load(root)
+    loaded.manifest["probe"]["files"] = [
+        bundle_layout.describe_file(loaded.root, entry["path"]) for entry in loaded.manifest["probe"]["files"]
+    ]
+    loaded.write_manifest()
+
+
+def snapshot(root: str | Path) -> dict[str, tuple[str | None, int]]:
+    """Every path under ``root`` (and ``root`` itself) -> (sha256 of its bytes, None for a directory; mtime in ns):
+    equal snapshots before and after a command prove it wrote nothing there."""
+    root = Path(root)
+    state = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        digest = None if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        state[str(path.relative_to(root))] = (digest, path.stat().st_mtime_ns)
+    return state

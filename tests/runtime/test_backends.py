@@ -79,7 +79,8 @@ def test_auto_picks_onnxruntime_on_the_cpu_here_and_says_so(bundle, caplog):
     with caplog.at_level(logging.INFO, logger="runtime.backends"):
         plan = plan_backend(bundle)
     assert (plan.name, plan.precision, plan.device) == ("onnxruntime", "fp32", "cpu")
-    assert plan.artifacts == ["visual.fp32", "textual.fp32"]
+    # the fused text graph runs on the CPU provider, so the plan lists it: the embedder verifies what it will read
+    assert plan.artifacts == ["visual.fp32", "textual.fp32", "textual.fp32.fused"]
     assert "onnxruntime on the CPU" in plan.reason and "tensorrt" in plan.reason
     assert any("onnxruntime on the CPU" in record.getMessage() for record in caplog.records)
 

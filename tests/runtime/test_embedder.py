@@ -1,11 +1,14 @@
 """Embedder on the session's full-size bundle: torch-free, equal to the probe reference, order kept through
-chunking, every input kind alike, broken images named, artifacts checked, zero-shot arithmetic exact."""
+chunking, every input kind alike, broken images named, artifacts checked, zero-shot arithmetic exact; and, on the
+fake bundle, every graph's inputs and outputs (the fused text graph's too) checked against the spec at load."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,13 +17,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+from ruclip_tiny import spec
 from ruclip_tiny.errors import ImageDecodeError
 from ruclip_tiny.transform import load_image
 from runtime import parity
 from runtime.bundle import Bundle, BundleError
 from runtime.embedder import Embedder, ImageItemError, TextTruncatedWarning, l2_normalize
+from tests.runtime import fake_bundle
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +47,10 @@ def photos(exported_bundle, probe) -> list[Path]:
 
 
 def _light_copy(bundle: Path, target: Path, private: tuple[str, ...] = ()) -> Path:
-    """A copy of ``bundle`` whose files are symlinks to the original, except manifest.json and ``private`` files,
-    which are real copies and so safe to modify (the session bundle is shared and must not change)."""
-    shutil.copytree(bundle, target, copy_function=os.symlink)
+    """A copy of ``bundle`` whose files are hard links to the original (symlinks would lead out of the copy, which
+    the embedder refuses), except manifest.json and ``private`` files, which are real copies and so safe to modify
+    (the session bundle is shared and must not change)."""
+    shutil.copytree(bundle, target, copy_function=os.link)
     for relative in ("manifest.json", *private):
         (target / relative).unlink()
         shutil.copyfile(bundle / relative, target / relative)
@@ -247,3 +254,102 @@ def test_texts_are_bucketed_by_length_and_come_back_in_input_order(embedder, mon
     lengths = sorted(int(n) for n in embedder.tokenizer.encode(texts).lengths)
     assert widths == [max(lengths[i : i + 4]) for i in range(0, len(texts), 4)]
     assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+# --- each graph's inputs and outputs are checked against the spec when loading (fake bundle: seconds) -------------
+
+
+def _replaced_spec(encoder: spec.EncoderSpec, inputs=None, outputs=None) -> spec.EncoderSpec:
+    return dataclasses.replace(encoder, inputs=inputs or encoder.inputs, outputs=outputs or encoder.outputs)
+
+
+def _fixed_batch_visual(weights):
+    one = _replaced_spec(
+        spec.VISUAL,
+        (spec.TensorSpec("pixels", "float32", (1, 3, 224, 224)),),
+        (spec.TensorSpec("image_features", "float32", (1, 768)),),
+    )
+    return "visual.fp32", fake_bundle.visual_graph(weights, "fp32", one), "pixels has shape [1, 3, 224, 224]"
+
+
+def _larger_pixels_visual(weights):
+    large = _replaced_spec(spec.VISUAL, (spec.TensorSpec("pixels", "float32", (spec.BATCH, 3, 256, 256)),))
+    return "visual.fp32", fake_bundle.visual_graph(weights, "fp32", large), "pixels has shape ['batch', 3, 256, 256]"
+
+
+def _narrow_features_visual(weights):
+    weights = {**weights, "visual.w2": np.ones((fake_bundle.HIDDEN, 512), np.float32)}
+    narrow = _replaced_spec(spec.VISUAL, outputs=(spec.TensorSpec("image_features", "float32", (spec.BATCH, 512)),))
+    return "visual.fp32", fake_bundle.visual_graph(weights, "fp32", narrow), "image_features has shape ['batch', 512]"
+
+
+def _int32_ids_textual(weights):
+    int32 = _replaced_spec(
+        spec.TEXTUAL,
+        (spec.TensorSpec("input_ids", "int32", (spec.BATCH, spec.SEQUENCE)), spec.TEXTUAL.inputs[1]),
+    )
+    return "textual.fp32", fake_bundle.textual_graph(weights, "fp32", int32), "input_ids is int32"
+
+
+def _fixed_sequence_textual(weights):
+    fixed = _replaced_spec(
+        spec.TEXTUAL,
+        tuple(spec.TensorSpec(t.name, t.dtype, (spec.BATCH, 77)) for t in spec.TEXTUAL.inputs),
+    )
+    return "textual.fp32", fake_bundle.textual_graph(weights, "fp32", fixed), "input_ids has shape ['batch', 77]"
+
+
+def _visual_as_textual(weights):
+    return "textual.fp32", fake_bundle.visual_graph(weights, "fp32"), "inputs are ['pixels']"
+
+
+WRONG_IO = [_fixed_batch_visual, _larger_pixels_visual, _narrow_features_visual, _int32_ids_textual,
+            _fixed_sequence_textual, _visual_as_textual]
+
+
+@pytest.mark.parametrize("replacement", WRONG_IO, ids=[f.__name__.strip("_") for f in WRONG_IO])
+def test_a_replaced_graph_with_other_io_is_refused_at_load_even_with_its_sha256_fixed(tmp_path, replacement):
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle")
+    key, graph, problem = replacement(fake_bundle.fake_weights())
+    path = root / Bundle.load(root).artifact(key)["path"]
+    onnx.save(graph, str(path))
+    fake_bundle.refresh_manifest_entry(root, key)  # the sha256 check passes: only the I/O check can tell
+    with pytest.raises(BundleError) as caught:
+        Embedder.load(root, backend="onnxruntime", precision="fp32")
+    message = str(caught.value)
+    assert str(path) in message and problem in message and "the spec says" in message
+    # parity runs the same check: the artifact fails with the reason, the other one is still judged
+    report = parity.run_parity(root, ("fp32",), write=False)
+    assert report["results"][key]["passed"] is False and problem in report["results"][key]["error"]
+    other = "textual.fp32" if key == "visual.fp32" else "visual.fp32"
+    assert report["results"][other]["passed"] is True
+
+
+def test_the_fused_text_graph_is_used_when_sound(tmp_path):
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle")
+    fake_bundle.add_fused_textual(root)
+    with Embedder.load(root, backend="onnxruntime", precision="fp32") as embedder:
+        assert embedder.backend.textual_fused is not None
+        assert embedder.encode_texts(["слово3 слово7", "слово1"]).shape == (2, 768)
+
+
+def test_a_corrupt_fused_text_graph_is_refused_not_skipped(tmp_path):
+    """Before, ``auto`` fused attention dropped a fused graph that failed its sha256 check without a word."""
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle")
+    key = fake_bundle.add_fused_textual(root)
+    fake_bundle.flip_byte(root / "textual.fused.onnx")
+    with pytest.raises(BundleError, match=rf"{re.escape(key)}: .*textual\.fused\.onnx does not match the manifest"):
+        Embedder.load(root, backend="onnxruntime", precision="fp32")
+    # a caller who does not want the fused graph is not stopped by it
+    with Embedder.load(root, backend="onnxruntime", precision="fp32", fused_attention=False) as embedder:
+        assert embedder.backend.textual_fused is None
+
+
+def test_a_fused_text_graph_with_other_io_is_refused(tmp_path):
+    root = fake_bundle.build_fake_bundle(tmp_path / "bundle")
+    key = fake_bundle.add_fused_textual(root)
+    _, graph, problem = _fixed_sequence_textual(fake_bundle.fake_weights())
+    onnx.save(graph, str(root / "textual.fused.onnx"))
+    fake_bundle.refresh_manifest_entry(root, key)
+    with pytest.raises(BundleError, match=re.escape(problem)):
+        Embedder.load(root, backend="onnxruntime", precision="fp32")

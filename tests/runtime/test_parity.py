@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from ruclip_tiny import cli
 from runtime import parity
 from runtime.backends import BackendError
 from runtime.backends.onnxruntime import OnnxRuntimeEncoder
@@ -494,3 +495,103 @@ def test_torch_fp16_asked_for_by_name_on_the_cpu_fails_with_the_reason(linked_bu
     assert parity.parity_command(str(linked_bundle), precision="fp16", backend="torch", device="cpu") == 1
     out = capsys.readouterr().out
     assert "FAIL torch:visual.fp16: the torch backend does not run fp16 on the CPU" in out
+
+
+# --- the probe is trusted only as the manifest describes it, and never unpickled ------------------------------------
+
+
+class _OpensAFileWhenUnpickled:
+    """Pickles as ``open(path, "w")``: if anything unpickles it, ``path`` appears."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_probe_holding_an_object_array_is_refused_and_never_unpickled(bundle_dir, tmp_path, capsys):
+    marker = tmp_path / "unpickled"
+    path = bundle_dir / "probe/inputs.npz"
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["texts"] = np.array([_OpensAFileWhenUnpickled(str(marker))] * len(arrays["texts"]), dtype=object)
+    np.savez(path, **arrays)
+    fake_bundle.refresh_probe_entries(bundle_dir)  # its sha256 is right: only allow_pickle=False stands in the way
+    assert cli.main(["parity", str(bundle_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "probe/inputs.npz: texts is an object array" in err and "never loads" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_probe_files_the_manifest_does_not_describe_are_refused(bundle_dir, capsys):
+    fake_bundle.edit_manifest(bundle_dir, lambda manifest: manifest["probe"].update(files=[]))
+    assert cli.main(["parity", str(bundle_dir)]) == 2
+    assert "probe.files lists no size and sha256 for probe/inputs.npz" in capsys.readouterr().err
+
+
+# --- --no-write, and bundles that cannot be written -----------------------------------------------------------------
+
+
+def test_no_write_reports_and_leaves_every_byte_and_mtime_of_the_bundle_alone(bundle_dir, capsys):
+    before = fake_bundle.snapshot(bundle_dir)
+    assert cli.main(["parity", str(bundle_dir), "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "combined.fp32" in out and "combined.fp16" in out and "PASS" in out
+    assert f"nothing written (--no-write): {bundle_dir} is unchanged" in out
+    assert fake_bundle.snapshot(bundle_dir) == before
+
+
+def test_no_write_reports_a_failure_without_marking_anything(bundle_dir, capsys):
+    fake_bundle.scale_initializer(bundle_dir / "visual.onnx", fake_bundle.VISUAL_W1, 1.01)
+    fake_bundle.refresh_manifest_entry(bundle_dir, "visual.fp32")
+    before = fake_bundle.snapshot(bundle_dir)
+    assert cli.main(["parity", str(bundle_dir), "--no-write"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL visual.fp32" in captured.out and "nothing was marked (--no-write)" in captured.err
+    assert fake_bundle.snapshot(bundle_dir) == before
+
+
+def test_a_write_that_fails_is_one_line_suggesting_no_write(bundle_dir, capsys):
+    """The parity directory replaced by a file makes the write fail for real (root ignores permission bits)."""
+    (bundle_dir / "parity").write_text("a file where the parity directory goes\n")
+    before = fake_bundle.snapshot(bundle_dir)
+    assert cli.main(["parity", str(bundle_dir)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith(f"ruclip-tiny parity: error: cannot write the parity results into {bundle_dir}")
+    assert f"ruclip-tiny parity {bundle_dir} --no-write" in lines[0]
+    assert fake_bundle.snapshot(bundle_dir) == before
+
+
+@pytest.fixture
+def read_only_bundle(bundle_dir, tmp_path):
+    """The fake bundle through a read-only bind mount: writes fail with EROFS even for root. Skipped where this
+    process may not mount (not root, or no CAP_SYS_ADMIN); the test above makes a write fail another way."""
+    mount_point = tmp_path / "read-only"
+    mount_point.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(bundle_dir), str(mount_point)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(mount_point)], capture_output=True, text=True
+        )
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remounted.stderr.strip()}")
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_read_only_bundle_is_refused_in_one_line_naming_no_write_which_then_works(read_only_bundle, capsys):
+    with pytest.raises(OSError):
+        (read_only_bundle / "probe-write").write_text("x")  # the mount really is read-only
+    assert cli.main(["parity", str(read_only_bundle)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0] and "--no-write" in lines[0]
+    assert cli.main(["parity", str(read_only_bundle), "--no-write"]) == 0
+    assert "nothing written (--no-write)" in capsys.readouterr().out
