@@ -352,11 +352,15 @@ class Bundle:
             )
 
     def check_tokenizer(self, verify: bool = True) -> None:
-        """The tokenizer every text needs: ``tokenizer/vocab.txt`` present, and each tokenizer file the manifest
-        lists present (and, with ``verify``, of its recorded size and sha256: a changed vocabulary changes every
-        text embedding). Raises BundleError."""
+        """The tokenizer every text needs: ``tokenizer/vocab.txt`` present, every file of ``tokenizer/`` inside the
+        bundle (the tokenizer reads the folder, listed or not), and each tokenizer file the manifest lists present
+        (and, with ``verify``, of its recorded size and sha256: a changed vocabulary changes every text embedding).
+        Raises BundleError."""
         tokenizer = self.manifest.get("tokenizer") or {}
         listed = tokenizer.get("files", [])
+        directory = self.path(TOKENIZER_DIR)
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            self.path(f"{TOKENIZER_DIR}/{path.name}")
         vocab = self.path(VOCAB_FILE)
         if not vocab.is_file():
             raise BundleError(

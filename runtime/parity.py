@@ -55,6 +55,7 @@ from runtime.bundle import (
     Bundle,
     BundleError,
     artifact_key,
+    contained_path,
 )
 
 REPORT_FILE = f"{PARITY_DIR}/report.json"
@@ -736,6 +737,8 @@ def report_files(backend: str) -> tuple[str, str]:
 
 def _write_files(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
     report_file, plot_file = report_files(report["backend"])
+    for relative in (report_file, plot_file):  # a parity/ symlinked out of the bundle must not be written through
+        contained_path(root, relative, f"bundle {root}")
     written = {"report": report_file, "manifest": "manifest.json", "plot": None, "plot_skipped": None}
     try:
         write_error_plot(root / plot_file, report, features, probe)

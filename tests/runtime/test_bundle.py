@@ -177,8 +177,17 @@ def symlinked_probe_reference(bundle_dir: Path) -> str:
     return "leads outside the bundle"
 
 
+def symlinked_unlisted_tokenizer_file(bundle_dir: Path) -> str:
+    """A file the tokenizer reads from its folder although the manifest does not list it."""
+    outside = bundle_dir.parent / "outside" / "added_tokens.json"
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    outside.write_text("{}")
+    (bundle_dir / "tokenizer" / "added_tokens.json").symlink_to(outside)
+    return "leads outside the bundle"
+
+
 ESCAPES = [absolute_graph_path, dotdot_graph_path, symlinked_graph, symlinked_tokenizer_directory,
-           symlinked_probe_reference]
+           symlinked_probe_reference, symlinked_unlisted_tokenizer_file]
 
 
 @pytest.mark.parametrize("escape", ESCAPES, ids=[escape.__name__ for escape in ESCAPES])

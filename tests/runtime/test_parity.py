@@ -566,6 +566,15 @@ def test_a_write_that_fails_is_one_line_suggesting_no_write(bundle_dir, capsys):
     assert fake_bundle.snapshot(bundle_dir) == before
 
 
+def test_a_parity_directory_leading_out_of_the_bundle_is_not_written_through(bundle_dir, tmp_path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (bundle_dir / "parity").symlink_to(outside, target_is_directory=True)
+    assert cli.main(["parity", str(bundle_dir)]) == 2
+    assert "leads outside the bundle" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+
+
 @pytest.fixture
 def read_only_bundle(bundle_dir, tmp_path):
     """The fake bundle through a read-only bind mount: writes fail with EROFS even for root. Skipped where this
