@@ -13,7 +13,25 @@ from .errors import CheckpointError, ImageDecodeError, RuclipTinyError, Tokenize
 from .spec import EMBED_DIM, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, MAX_TEXT_LENGTH, TEXTUAL, VISUAL
 from .transform import image_transform, load_image
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; from a source tree that was never installed, pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ruclip-tiny")
+    except metadata.PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        if not pyproject.is_file():
+            return "0+unknown"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 
 # name -> module that defines it; imported on first attribute access (PEP 562) so torch stays unloaded until needed.
 _LAZY = {

@@ -221,3 +221,56 @@ def test_ctrl_c_during_embed_exits_130_without_a_traceback(exported_bundle, tmp_
     text = bytes(stderr).decode()
     assert "ruclip-tiny embed: interrupted" in text and "Traceback" not in text
     assert not out.exists() and not list(tmp_path.glob(".photos.npz*"))
+
+
+# --- version and the command package -------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version_from_its_metadata():
+    from importlib import metadata
+
+    import ruclip_tiny
+
+    result = _run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ruclip-tiny {metadata.version('ruclip-tiny')}"
+    assert ruclip_tiny.__version__ == metadata.version("ruclip-tiny")
+
+
+def test_version_falls_back_to_pyproject_in_a_source_tree_never_installed(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import numpy
+    import PIL
+
+    import ruclip_tiny
+
+    tree = tmp_path / "checkout"
+    source = Path(ruclip_tiny.__file__).resolve().parent.parent
+    shutil.copytree(source / "ruclip_tiny", tree / "ruclip_tiny", ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "pyproject.toml").write_text('[project]\nname = "ruclip-tiny"\nversion = "9.8.7"\n')
+    # The only other things on the path: numpy and Pillow, linked in without any distribution's metadata, so the
+    # interpreter (-S: no site-packages) finds no installed ruclip-tiny, as in a checkout that was never installed.
+    site = tmp_path / "site"
+    site.mkdir()
+    for module in (numpy, PIL):
+        package = Path(module.__file__).parent
+        for name in (package.name, f"{package.name}.libs", f"{package.name.lower()}.libs", "pillow.libs"):
+            if (package.parent / name).exists() and not (site / name).exists():
+                (site / name).symlink_to(package.parent / name)
+    probe = "import sys; sys.path[:0] = sys.argv[1:]; import ruclip_tiny; print(ruclip_tiny.__version__)"
+    result = subprocess.run([sys.executable, "-S", "-c", probe, str(tree), str(site)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "9.8.7"
+
+
+def test_every_command_is_a_module_of_the_cli_package_with_register_and_run():
+    from ruclip_tiny import cli
+
+    parser = cli.build_parser()
+    names = set(parser._subparsers._group_actions[0].choices)
+    modules = {command.__name__.rsplit(".", 1)[1].replace("_", "-") for command in cli.COMMANDS}
+    assert names == modules
+    assert all(callable(command.register) and callable(command.run) for command in cli.COMMANDS)
