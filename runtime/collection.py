@@ -222,11 +222,12 @@ def classify_images(embedder, paths: Sequence[Path], labels: Sequence[str], temp
     softmax over labels of ``logit_scale · cosine``, as ``Embedder.classify``; an undecodable file is listed among
     the failures and the other images are still answered."""
     from runtime.bundle import BundleError
+    from ruclip_tiny.template import fill_template
     from runtime.embedder import zero_shot_probabilities
 
     if embedder.logit_scale is None:
         raise BundleError(f"{embedder.bundle.root}/manifest.json has no logit_scale; re-export the bundle")
-    texts = embedder.encode_texts([template.format(label) for label in labels], batch_size=batch_size)
+    texts = embedder.encode_texts(fill_template(template, labels), batch_size=batch_size)
     images = embed_images(embedder, paths, normalize=True, batch_size=batch_size, progress=progress)
     probabilities = zero_shot_probabilities(images.embeddings, texts, embedder.logit_scale)
     return Classification(images.ids, probabilities, images.failed_ids, images.failed_errors)

@@ -44,3 +44,28 @@ def test_a_long_template_is_shortened_in_the_message():
     with pytest.raises(TemplateError) as error:
         parse_template("x" * 10_000)
     assert len(str(error.value)) < 400
+
+
+def test_reference_zero_shot_refuses_a_format_spec_before_tokenizing(reference_model):
+    from ruclip_tiny.zero_shot import zero_shot_probs
+
+    tokenized = []
+
+    def tokenizer(texts):  # records whether any text was ever built and tokenized
+        tokenized.append(texts)
+        raise AssertionError("tokenized")
+
+    with pytest.raises(TemplateError, match="plain {}"):
+        zero_shot_probs(reference_model, tokenizer, None, ["кошка"] * 32, template="{:>20000000}")
+    assert tokenized == []
+
+
+def test_collection_classify_refuses_a_format_spec_before_any_image_is_read(tmp_path):
+    from runtime.collection import classify_images
+    from runtime.embedder import Embedder
+    from tests.runtime.fake_bundle import build_fake_bundle
+
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    missing = [tmp_path / "never-read.jpg"]
+    with Embedder.load(bundle) as embedder, pytest.raises(TemplateError, match="plain {}"):
+        classify_images(embedder, missing, ["кошка", "собака"], template="{:>20000000}")
