@@ -1,6 +1,6 @@
 """FP16 range report: how close the reference's intermediate tensors come to FP16's limits (probe and stress inputs).
 
-The FP16 graph keeps selected ops in FP32 (see DESIGN.md); this report is the evidence for where that is needed.
+The FP16 graph keeps selected ops in FP32 (ruclip_tiny/fp16.py); this report is the evidence for where that is needed.
 For every named tensor it records the largest |x| (overflow: FP16's max is 65504) and the smallest non-zero |x|
 with how many values would become subnormal (below 6.1e-5, precision lost) or flush to zero (at most 2^-25 ≈ 3e-8).
 Tensors: the output of every leaf module; the residual stream (each ConvNeXt block, the DistilBERT embeddings and

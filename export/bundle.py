@@ -285,7 +285,7 @@ def export_bundle(
 
 def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool, timer: StageTimer) -> dict:
     from export.activations import activation_report, format_activation_report
-    from export.fp16 import fp16_model
+    from ruclip_tiny.fp16 import fp16_model
     from export.onnx import export_encoder, graph_io
     from export.probe import write_probe
     from ruclip_tiny.synthetic import load_model

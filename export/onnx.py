@@ -166,7 +166,7 @@ def _dynamic_shapes(encoder_spec: spec.EncoderSpec) -> dict:
 def export_encoder(model, encoder: str, path: str | Path, optimize: bool = True, reference=None) -> dict:
     """Export one encoder of ``model`` to ``path`` (atomically) and check it. Returns facts for the manifest.
 
-    ``model``: a RuCLIPTiny (FP32, or the FP16 variant from export.fp16); the graph's I/O is always the spec's.
+    ``model``: a RuCLIPTiny (FP32, or the FP16 variant from ruclip_tiny.fp16); the graph's I/O is always the spec's.
     ``reference``: the model the graph's error is measured against (default ``model``; the FP16 graphs are measured
     against the FP32 reference, which is what they must match — and torch's FP16 convolutions crawl on a CPU).
     """

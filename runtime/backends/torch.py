@@ -2,7 +2,7 @@
 
 The one backend that imports torch (with timm and transformers), and only when it is chosen: this module's top
 level is torch-free, so ``runtime.backends`` can list it on a machine without torch. FP32 runs on the CPU or CUDA;
-FP16 is the export's mixed-precision variant (``export.fp16.fp16_model``, the same FP32 islands as the FP16 graphs)
+FP16 is the model's mixed-precision form (``ruclip_tiny.fp16.fp16_model``, the same FP32 islands as the FP16 graphs)
 and runs on CUDA only: on a GPU without TensorRT it is a legitimate engine, held to the same fp16 parity bars.
 
 On CUDA two options speed the fixed model up: ``cuda_graphs=True`` records one CUDA graph per input shape (batch,
@@ -144,7 +144,7 @@ class CudaGraphEncoder:
 
 
 class TorchBackend(Backend):
-    """``RuCLIPTiny`` (eval, no gradients) on ``device``; FP16 = ``export.fp16.fp16_model`` of it on CUDA."""
+    """``RuCLIPTiny`` (eval, no gradients) on ``device``; FP16 = ``ruclip_tiny.fp16.fp16_model`` of it on CUDA."""
 
     name = "torch"
     max_batch = None
@@ -216,7 +216,7 @@ class TorchBackend(Backend):
         except CheckpointError as exc:
             raise BackendError(f"the torch backend cannot load the bundle's reference weights: {exc}") from None
         if precision == "fp16":
-            from export.fp16 import fp16_model
+            from ruclip_tiny.fp16 import fp16_model
 
             model = fp16_model(model)
         return cls(model.to(device), precision, device, cuda_graphs, compile)

@@ -1,4 +1,5 @@
-"""The FP16 variant of the reference that the FP16 ONNX graphs are exported from: the precision contract.
+"""The model's mixed-precision form (FP16 with FP32 islands) that the FP16 ONNX graphs are exported from: the
+precision contract.
 
 TensorRT 11 builds strongly typed networks, so the precision of every op comes from the ONNX graph. The graph is
 exported straight from PyTorch with the model in half precision, except where FP16 is known to fail:
