@@ -1,4 +1,4 @@
-"""Tests of the runtime's fast tokenizer (runtime/tokenizer.py): the reference tokenizer's ids, without torch.
+"""Tests of the runtime's fast tokenizer (runtime/tokenizer/): the reference tokenizer's ids, without torch.
 
 Identity is proven against the ORIGINAL 2022 tokenizer on tests/data/tokenizer_corpus.json (the arrays in
 tests/data/legacy_expectations.npz; no transformers needed), and against the reference tokenizer
@@ -138,7 +138,8 @@ def copy_demo(path: Path, config: dict) -> Path:
 
 
 def assert_same_encoding(fast_tokenizer, reference, texts, check_truncation=True):
-    ids, mask, truncated = fast_tokenizer.encode_with_truncation(texts)
+    encoded = fast_tokenizer.encode(texts)
+    ids, mask, truncated = encoded.input_ids, encoded.attention_mask, encoded.truncated
     ref_ids, ref_mask = reference(texts)
     bad = np.flatnonzero((ids != ref_ids).any(axis=1) | (mask != ref_mask).any(axis=1))
     assert bad.size == 0, f"{bad.size} of {len(texts)} texts differ, first: {texts[bad[0]]!r}"
@@ -193,10 +194,10 @@ def test_other_settings_match_the_reference(tmp_path, load_reference, light_stre
 
 
 def test_every_character_the_tables_disagree_on_matches_the_reference(fast, load_reference):
-    from runtime.tokenizer import _rust_mismatches
+    from runtime.tokenizer.unicode_tables import rust_mismatches
 
-    characters = sorted(_rust_mismatches(True))
-    assert characters, "tokenizers and unicodedata agree on everything now: review runtime/tokenizer.py"
+    characters = sorted(rust_mismatches(True))
+    assert characters, "tokenizers and unicodedata agree on everything now: review runtime/tokenizer/unicode_tables.py"
     texts = [t for cp in characters for t in (chr(cp), f"Кот{chr(cp)}ёж", f"a {chr(cp)}{chr(cp)} b")]
     assert_same_encoding(fast, load_reference(), texts)
 
@@ -294,7 +295,7 @@ def test_non_string_item_is_named_by_index(fast):
     with pytest.raises(TypeError, match=r"texts\[2\] is int"):
         fast(["кот", "собака", 3])
     with pytest.raises(TypeError, match=r"texts\[0\] is bytes"):
-        fast.encode_with_truncation([b"kot"])
+        fast.encode([b"kot"])
 
 
 def test_directory_without_vocab(tmp_path):
