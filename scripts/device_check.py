@@ -242,7 +242,7 @@ def step_parity(args) -> int:
         report["results"][name] = {"probe": probe, "stress": stressed, "passed": probe["passed"] and stressed["passed"]}
         say(f"parity: {name}: probe {'PASS' if probe['passed'] else 'FAIL'}, "
             f"stress {'PASS' if stressed['passed'] else 'FAIL'}")
-    from runtime.parity import _json_safe
+    from runtime.parity import json_safe as _json_safe
 
     write_json(Path(args.out) / "parity.json", _json_safe(report))
     return 0

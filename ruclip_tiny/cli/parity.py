@@ -1,8 +1,13 @@
-"""``ruclip-tiny parity``: any backend against the reference outputs stored in a bundle."""
+"""``ruclip-tiny parity``: any backend against the reference outputs stored in a bundle; prints the table and exits
+0 when everything passed, 1 when something failed, 2 when nothing could be compared (not a bundle, no probe)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from ..errors import RuclipTinyError
 
 
 def register(commands) -> None:
@@ -29,9 +34,63 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.parity import parity_command
+    """With ``--precision all``, a precision that the backend refuses on this machine (torch fp16 on a CPU) is
+    skipped with the reason printed; asked for by name, it is a failure. ``--no-write`` only prints, so a read-only
+    bundle can be checked."""
+    from runtime.bundle import PRECISIONS
+    from runtime.parity import BACKEND, format_table, run_parity
 
-    return parity_command(
-        args.bundle, precision=args.precision, providers=args.providers, backend=args.backend, device=args.device,
+    backend = args.backend
+    providers = [name.strip() for name in (args.providers or "").split(",") if name.strip()]
+    if backend != BACKEND and providers:
+        raise RuclipTinyError(f"--providers is for --backend onnxruntime, not {backend}")
+    if args.device is not None and backend != "torch":
+        raise RuclipTinyError("--device is for --backend torch (cpu, cuda, cuda:N)")
+    report = run_parity(
+        args.bundle,
+        PRECISIONS if args.precision == "all" else (args.precision,),
+        providers=providers or None,
+        backend=backend,
+        backend_options={"device": args.device} if args.device is not None else {},
+        skip_unavailable=args.precision == "all",
         write=not args.no_write,
     )
+
+    for skipped, reason in report["skipped"].items():
+        print(f"skipped {skipped}: {reason}")
+    if not report["results"]:
+        raise RuclipTinyError(f"the {backend} backend could run no precision here")
+    where = sorted(
+        {entry.get("provider") or entry.get("backend_description") or entry.get("backend")
+         for entry in report["results"].values()} - {None}
+    )
+    engine = f"onnxruntime {report['onnxruntime_version']}" if backend == BACKEND else f"the {backend} backend"
+    print(
+        f"parity of {report['bundle']} against its probe reference ({report['probe']['images']} images, "
+        f"{report['probe']['texts']} texts), {engine} on {', '.join(where) or 'nothing'}"
+    )
+    print(format_table(report))
+    root = Path(report["bundle"])
+    written = report["written"]
+    if written is None:
+        print(f"nothing written (--no-write): {root} is unchanged, no deployable flag was set")
+    else:
+        print(f"report:   {root / written['report']}")
+        if written["plot"]:
+            print(f"plot:     {root / written['plot']}")
+        else:
+            print(f"plot:     skipped — {written['plot_skipped']}")
+        print(f"manifest: parity results and deployable flags updated in {root / written['manifest']}")
+    failed = [key for key, entry in report["results"].items() if not entry["passed"]]
+    if failed:
+        marking = "a failed artifact is marked not deployable" if written else "nothing was marked (--no-write)"
+        print(f"PARITY FAILED: {', '.join(failed)} (reasons above); {marking}", file=sys.stderr)
+        return 1
+    marked = [key for key, entry in report["results"].items() if entry["kind"] == "artifact" and ":" not in key]
+    if written is None:
+        print("parity passed")
+    elif marked:
+        print("parity passed: every requested artifact is marked deployable")
+    else:
+        print(f"parity passed (the {backend} backend runs no artifact of the manifest, so no deployable flag changed)")
+    return 0

@@ -22,6 +22,11 @@ from runtime.bundle import Bundle
 from tests.runtime import fake_bundle
 
 
+def _parity(root, *flags: str) -> int:
+    """``ruclip-tiny parity ROOT FLAGS`` through the CLI's entry point: its exit code."""
+    return cli.main(["parity", str(root), *flags])
+
+
 def _features(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (rows, 768)).astype(np.float32)
 
@@ -201,7 +206,7 @@ def _strict_json(path) -> dict:
 
 
 def test_untouched_bundle_passes_and_is_marked_deployable(bundle_dir, capsys):
-    assert parity.parity_command(str(bundle_dir)) == 0
+    assert _parity(bundle_dir) == 0
     out = capsys.readouterr().out
     for key in (*ARTIFACTS, "combined.fp32", "combined.fp16"):
         assert key in out
@@ -236,7 +241,7 @@ def test_a_weight_scaled_by_one_percent_fails_that_artifact_only(bundle_dir, cap
     fake_bundle.scale_initializer(graph, initializer, 1.01)
     fake_bundle.refresh_manifest_entry(bundle_dir, key)  # so the sha256 check does not catch it first
 
-    assert parity.parity_command(str(bundle_dir)) == 1
+    assert _parity(bundle_dir) == 1
     captured = capsys.readouterr()
     assert f"FAIL {key}: min row cosine" in captured.out or f"FAIL {key}: max abs error" in captured.out
     assert "PARITY FAILED" in captured.err
@@ -258,7 +263,7 @@ def test_a_weight_scaled_by_one_percent_fails_that_artifact_only(bundle_dir, cap
 
 def test_a_flipped_byte_is_caught_by_the_sha256_check(bundle_dir, capsys):
     fake_bundle.flip_byte(bundle_dir / "visual.fp16.onnx")
-    assert parity.parity_command(str(bundle_dir)) == 1
+    assert _parity(bundle_dir) == 1
     out = capsys.readouterr().out
 
     report = _strict_json(bundle_dir / "parity/report.json")
@@ -285,7 +290,7 @@ def test_nan_output_is_reported_and_report_stays_valid_json(bundle_dir):
 
 def test_missing_artifacts_of_a_precision_are_failures(tmp_path, capsys):
     root = fake_bundle.build_fake_bundle(tmp_path / "bundle", precisions=("fp32",))
-    assert parity.parity_command(str(root), precision="all") == 1
+    assert _parity(root, "--precision", "all") == 1
     report = _strict_json(root / "parity/report.json")
     assert "has no artifact 'visual.fp16'" in report["results"]["visual.fp16"]["error"]
     assert report["results"]["visual.fp32"]["passed"] is True
@@ -293,19 +298,19 @@ def test_missing_artifacts_of_a_precision_are_failures(tmp_path, capsys):
     assert "visual.fp16" not in manifest["artifacts"] and "visual.fp16" not in manifest["parity"]
     assert manifest["artifacts"]["visual.fp32"]["deployable"] is True
     # asking for fp32 only judges what exists
-    assert parity.parity_command(str(root), precision="fp32") == 0
+    assert _parity(root, "--precision", "fp32") == 0
     capsys.readouterr()
 
 
 def test_a_directory_without_manifest_exits_2_naming_it(tmp_path, capsys):
-    assert parity.parity_command(str(tmp_path)) == 2
+    assert _parity(tmp_path) == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "no manifest.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_bundle_without_probe_reference_exits_2(bundle_dir, capsys):
     (bundle_dir / "probe/reference.npz").unlink()
-    assert parity.parity_command(str(bundle_dir)) == 2
+    assert _parity(bundle_dir) == 2
     assert "probe/reference.npz is missing" in capsys.readouterr().err
 
 
@@ -315,12 +320,14 @@ def test_a_changed_probe_reference_is_caught_by_its_sha256(bundle_dir, capsys):
         reference = dict(data)
     reference["text_features"][0] *= 1.01  # a tampered reference would silently move every verdict
     np.savez(path, **reference)
-    assert parity.parity_command(str(bundle_dir)) == 2
+    assert _parity(bundle_dir) == 2
     assert "probe/reference.npz does not match the manifest" in capsys.readouterr().err
 
 
 def test_unknown_precision_exits_2(bundle_dir, capsys):
-    assert parity.parity_command(str(bundle_dir), precision="int8") == 2
+    with pytest.raises(SystemExit) as exited:
+        _parity(bundle_dir, "--precision", "int8")
+    assert exited.value.code == 2
     assert "int8" in capsys.readouterr().err
 
 
@@ -334,7 +341,7 @@ def test_write_false_leaves_the_bundle_untouched(bundle_dir):
 
 def test_plot_is_skipped_without_matplotlib(bundle_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail as if not installed
-    assert parity.parity_command(str(bundle_dir), precision="fp16") == 0
+    assert _parity(bundle_dir, "--precision", "fp16") == 0
     assert "plot:     skipped — matplotlib is not installed" in capsys.readouterr().out
     assert not (bundle_dir / "parity/errors.png").exists()
     assert "matplotlib" in _strict_json(bundle_dir / "parity/report.json")["written"]["plot_skipped"]
@@ -418,7 +425,7 @@ def engine_bundle(bundle_dir, monkeypatch):
 def test_a_backend_that_runs_manifest_artifacts_gets_them_marked_deployable(engine_bundle, capsys):
     root, _ = engine_bundle
     before = _manifest(root)
-    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 0
+    assert _parity(root, "--precision", "fp16", "--backend", "tensorrt") == 0
     out = capsys.readouterr().out
     assert "tensorrt:combined.fp16" in out and "FAIL" not in out
 
@@ -439,7 +446,7 @@ def test_a_backend_that_runs_manifest_artifacts_gets_them_marked_deployable(engi
 def test_a_backend_off_by_one_percent_gets_its_artifact_marked_not_deployable(engine_bundle, capsys):
     root, state = engine_bundle
     state["noise"] = 0.01
-    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 1
+    assert _parity(root, "--precision", "fp16", "--backend", "tensorrt") == 1
     captured = capsys.readouterr()
     assert f"FAIL {ENGINE_KEYS['visual']}" in captured.out and "PARITY FAILED" in captured.err
     manifest = _manifest(root)
@@ -451,7 +458,7 @@ def test_a_backend_off_by_one_percent_gets_its_artifact_marked_not_deployable(en
 def test_a_changed_engine_file_is_caught_before_the_backend_runs(engine_bundle, capsys):
     root, _ = engine_bundle
     fake_bundle.flip_byte(root / f"{ENGINE_KEYS['textual']}.plan")
-    assert parity.parity_command(str(root), precision="fp16", backend="tensorrt") == 1
+    assert _parity(root, "--precision", "fp16", "--backend", "tensorrt") == 1
     report = _strict_json(root / "parity/report.tensorrt.json")
     for entry in report["results"].values():
         assert entry["passed"] is False
@@ -459,9 +466,9 @@ def test_a_changed_engine_file_is_caught_before_the_backend_runs(engine_bundle, 
 
 
 def test_backend_options_are_checked_per_backend(bundle_dir, capsys):
-    assert parity.parity_command(str(bundle_dir), backend="torch", providers="cpu") == 2
+    assert _parity(bundle_dir, "--backend", "torch", "--providers", "cpu") == 2
     assert "--providers is for --backend onnxruntime" in capsys.readouterr().err
-    assert parity.parity_command(str(bundle_dir), device="cuda") == 2
+    assert _parity(bundle_dir, "--device", "cuda") == 2
     assert "--device is for --backend torch" in capsys.readouterr().err
 
 
@@ -476,7 +483,7 @@ def linked_bundle(exported_bundle, tmp_path):
 @pytest.mark.slow
 def test_torch_backend_parity_on_the_cpu_skips_fp16_and_passes_fp32(linked_bundle, capsys):
     before = _manifest(linked_bundle)
-    assert parity.parity_command(str(linked_bundle), backend="torch", device="cpu") == 0
+    assert _parity(linked_bundle, "--backend", "torch", "--device", "cpu") == 0
     out = capsys.readouterr().out
     assert "skipped fp16: the torch backend does not run fp16 on the CPU" in out
 
@@ -492,7 +499,7 @@ def test_torch_backend_parity_on_the_cpu_skips_fp16_and_passes_fp32(linked_bundl
 
 
 def test_torch_fp16_asked_for_by_name_on_the_cpu_fails_with_the_reason(linked_bundle, capsys):
-    assert parity.parity_command(str(linked_bundle), precision="fp16", backend="torch", device="cpu") == 1
+    assert _parity(linked_bundle, "--precision", "fp16", "--backend", "torch", "--device", "cpu") == 1
     out = capsys.readouterr().out
     assert "FAIL torch:visual.fp16: the torch backend does not run fp16 on the CPU" in out
 
