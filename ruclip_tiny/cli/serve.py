@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # a missing serve extra is named by main()
 
     from runtime.embedder import Embedder
-    from runtime.server import ServerSettings, create_app, uvicorn_config
+    from runtime.serve.app import create_app
+    from runtime.serve.settings import ServerSettings
+    from runtime.serve.uvicorn_server import uvicorn_config
 
     try:
         settings = ServerSettings(

@@ -11,7 +11,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from runtime.batching import BatchObserver, DynamicBatcher
+from runtime.serve.batching import BatchObserver, DynamicBatcher
 
 
 class Recorder:

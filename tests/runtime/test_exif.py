@@ -81,7 +81,7 @@ def test_embed_and_classify_take_exif_transpose(embedders, sideways_jpeg, tmp_pa
 def test_the_server_applies_orientation_only_when_configured(exported_bundle, embedders, sideways_jpeg):
     httpx = pytest.importorskip("httpx")
     from runtime.embedder import Embedder
-    from runtime.server import BackgroundServer, ServerSettings, create_app
+    from runtime.serve import BackgroundServer, ServerSettings, create_app
 
     off, _ = embedders
     reference, upright = _rows(off, sideways_jpeg)

@@ -28,9 +28,9 @@ pytest.importorskip("fastapi", reason="the server tests need the serve extra (pi
 from PIL import Image  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from runtime.batching import DynamicBatcher  # noqa: E402
 from runtime.embedder import Embedder  # noqa: E402
-from runtime.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from runtime.serve.batching import DynamicBatcher  # noqa: E402
 
 MIN_COSINE = 0.99999
 LIMITS = dict(max_items=8, max_text_chars=600, max_image_bytes=150_000, max_body_bytes=400_000)

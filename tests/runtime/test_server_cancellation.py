@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from runtime.embedder import Embedder  # noqa: E402
-from runtime.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 
 
 def jpeg(seed: int) -> bytes:

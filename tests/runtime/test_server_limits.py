@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from runtime.embedder import Embedder  # noqa: E402
-from runtime.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 
 MAX_ITEMS = 8
@@ -287,7 +287,7 @@ class Records(logging.Handler):
 ])
 def test_a_client_hanging_up_mid_upload_counts_as_499_and_logs_one_line(client, server, path, content_type, start):
     records = Records()
-    watched = [logging.getLogger(name) for name in ("runtime.server", "uvicorn.error", "uvicorn")]
+    watched = [logging.getLogger(name) for name in ("runtime.serve", "uvicorn.error", "uvicorn")]
     for logger in watched:
         logger.addHandler(records)
     try:

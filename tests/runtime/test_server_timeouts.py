@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx", reason="the server tests need httpx (pip in
 pytest.importorskip("fastapi", reason="the server tests need the serve extra (pip install -e '.[serve]')")
 
 from runtime.embedder import Embedder  # noqa: E402
-from runtime.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 
 PARTIAL_HEADER = b"POST /v1/embeddings/text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"

@@ -17,7 +17,7 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-logger = logging.getLogger("runtime.http_protocol")
+logger = logging.getLogger(__name__)
 
 
 class RequestDeadlineProtocol(HttpToolsProtocol):
@@ -70,7 +70,7 @@ class RequestDeadlineProtocol(HttpToolsProtocol):
         self._request_deadline = None
         if self.transport.is_closing():
             return
-        client = "%s:%d " % self.client if self.client else ""
+        client = f"{self.client[0]}:{self.client[1]} " if self.client else ""
         logger.info("%sclosed: no complete request within --request-timeout=%gs", client, self.request_timeout_s)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:

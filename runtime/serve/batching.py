@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-logger = logging.getLogger("runtime.batching")
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -59,14 +59,14 @@ class BatchObserver:
 class _Request:
     items: list
     future: asyncio.Future
-    admission: "Admission"
+    admission: Admission
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Arrival:
     """A request on its way to a batcher (see ``DynamicBatcher.arrival``); ``done`` once it submitted or gave up."""
 
-    def __init__(self, batcher: "DynamicBatcher"):
+    def __init__(self, batcher: DynamicBatcher):
         self._batcher = batcher
         self._pending = True
         batcher._arriving += 1
@@ -82,7 +82,7 @@ class Admission:
     """Room reserved in a batcher's queue for one request's ``items`` items, released when its batch starts or
     when the request gives up (``release``; idempotent)."""
 
-    def __init__(self, batcher: "DynamicBatcher", items: int):
+    def __init__(self, batcher: DynamicBatcher, items: int):
         self._batcher = batcher
         self.items = items
         self._held = True
