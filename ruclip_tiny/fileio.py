@@ -47,7 +47,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except OSError as exc:
-        if exc.filename is None:  # write() and close() name no file: say which one a full disk stopped
+        # write() and close() name no file: say which one a full disk stopped. Only for an error of the operating
+        # system (errno set): filling in a filename rewrites str() of an OSError raised with a message of its own.
+        if exc.filename is None and exc.errno is not None:
             exc.filename = str(path)
         raise
     finally:
