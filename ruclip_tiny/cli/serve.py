@@ -11,53 +11,61 @@ from .options import add_exif_option, non_negative_float, positive_float, positi
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("serve", help="serve embeddings over HTTP with dynamic batching (needs the serve extra)")
+    parser = commands.add_parser("serve",
+                                 help="serve embeddings over HTTP with dynamic batching (needs the serve extra)")
     parser.add_argument("bundle", help="bundle directory")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
-                       help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
+                        help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
-                       help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+                        help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--max-batch", type=positive_int, default=64, help="most items per backend call (default 64)")
     parser.add_argument("--max-image-batch", type=positive_int, default=None,
-                       help="most images per backend call (default: 1 on a CPU, where merging images gains nothing "
-                       "and texts wait for at most one image call; else --max-batch)")
+                        help="most images per backend call (default: 1 on a CPU, where merging images gains nothing "
+                        "and texts wait for at most one image call; else --max-batch)")
     parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
-                       help="longest a request waits for others to join its batch (default 5)")
+                        help="longest a request waits for others to join its batch (default 5)")
     parser.add_argument("--no-batching", action="store_true", help="run every request as its own backend call")
     parser.add_argument("--max-queue-items", type=positive_int, default=1024,
-                       help="queued items beyond which requests get 503 + Retry-After (default 1024)")
-    parser.add_argument("--max-items", type=positive_int, default=64, help="texts, images or labels per request (default 64)")
-    parser.add_argument("--max-image-bytes", type=positive_int, default=10 << 20, help="bytes of one encoded image (10 MiB)")
-    parser.add_argument("--max-text-chars", type=positive_int, default=2000, help="characters of one text (default 2000)")
-    parser.add_argument("--max-body-bytes", type=positive_int, default=32 << 20, help="bytes of one request body (32 MiB)")
-    parser.add_argument("--decode-workers", type=positive_int, default=None, help="image decoding threads (min(8, CPUs))")
+                        help="queued items beyond which requests get 503 + Retry-After (default 1024)")
+    parser.add_argument("--max-items", type=positive_int, default=64,
+                        help="texts, images or labels per request (default 64)")
+    parser.add_argument("--max-image-bytes", type=positive_int, default=10 << 20,
+                        help="bytes of one encoded image (10 MiB)")
+    parser.add_argument("--max-text-chars", type=positive_int, default=2000,
+                        help="characters of one text (default 2000)")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=32 << 20,
+                        help="bytes of one request body (32 MiB)")
+    parser.add_argument("--decode-workers", type=positive_int, default=None,
+                        help="image decoding threads (min(8, CPUs))")
     parser.add_argument("--timeout-keep-alive", type=positive_float, default=5.0,
-                       help="seconds an idle keep-alive connection is kept open (default 5)")
+                        help="seconds an idle keep-alive connection is kept open (default 5)")
     parser.add_argument("--request-timeout", type=positive_float, default=30.0,
-                       help="seconds a connection gets to deliver a whole request, headers and body; then 408 and "
-                       "closed (default 30)")
+                        help="seconds a connection gets to deliver a whole request, headers and body; then 408 and "
+                        "closed (default 30)")
     parser.add_argument("--limit-concurrency", type=positive_int, default=512,
-                       help="open connections (or requests in progress) beyond which requests get 503 with "
-                       "Retry-After (default 512)")
+                        help="open connections (or requests in progress) beyond which requests get 503 with "
+                        "Retry-After (default 512)")
     parser.add_argument("--graceful-timeout", type=non_negative_float, default=30.0,
-                       help="seconds in-flight requests get to finish on shutdown (default 30)")
+                        help="seconds in-flight requests get to finish on shutdown (default 30)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                       help="uvicorn's log level")
+                        help="log level of uvicorn and of the server's own lines (default info)")
     add_exif_option(parser)
     parser.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                       help="most pixels of one image, from its header before decoding; a larger one is answered "
-                       "null with an errors entry (default 60000000)")
+                        help="most pixels of one image, from its header before decoding; a larger one is answered "
+                        "null with an errors entry (default 60000000)")
     parser.add_argument("--max-request-pixels", type=positive_int, default=256_000_000,
-                       help="most pixels of all images of one request, from their headers; over it: 413 "
-                       "(default 256000000)")
+                        help="most pixels of all images of one request, from their headers; over it: 413 "
+                        "(default 256000000)")
     parser.add_argument("--api-key", default=None,
-                       help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz "
-                       "(default: $RUCLIP_TINY_API_KEY if set, else no key)")
+                        help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz "
+                        "(default: $RUCLIP_TINY_API_KEY if set, else no key)")
     parser.add_argument("--allow-not-deployable", action="store_true",
-                       help="serve artifacts whose parity check has not passed")
+                        help="serve artifacts whose parity check has not passed")
     parser.set_defaults(func=run)
 
 

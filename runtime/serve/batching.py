@@ -149,10 +149,6 @@ class DynamicBatcher:
         await self._task
         self._task = None
 
-    @property
-    def queued_items(self) -> int:
-        return self._reserved
-
     # --- what requests call ---
 
     def admit(self, items: int) -> Admission:

@@ -33,7 +33,9 @@ class Recorder:
 def test_a_cancelled_queued_request_leaves_the_queue_unrun_and_is_counted():
     recorder = Recorder()
     cancelled: list[tuple[str, int]] = []
-    observer = BatchObserver(cancelled=lambda kind, items: cancelled.append((kind, items)))
+    depths: list[int] = []  # items admitted and waiting, on every change (the ruclip_tiny_queue_items gauge)
+    observer = BatchObserver(cancelled=lambda kind, items: cancelled.append((kind, items)),
+                             queue_depth=lambda kind, items: depths.append(items))
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
@@ -45,10 +47,10 @@ def test_a_cancelled_queued_request_leaves_the_queue_unrun_and_is_counted():
             second = asyncio.ensure_future(batcher.submit(batcher.admit(3), ["c", "d", "e"]))
             third = asyncio.ensure_future(batcher.submit(batcher.admit(1), ["f"]))
             await asyncio.sleep(0)  # both reach their queue places
-            assert batcher.queued_items == 4
+            assert depths[-1] == 4
             second.cancel()  # what the server does when the client of this request disconnects
             await asyncio.wait([second])
-            queued_after_cancel = batcher.queued_items
+            queued_after_cancel = depths[-1]
             recorder.release.set()
             results = await asyncio.gather(first, third)
             await batcher.close()
@@ -101,7 +103,9 @@ def test_a_large_request_runs_in_calls_of_max_batch_and_another_batcher_gets_in_
 def test_calls_left_of_a_batch_whose_requests_were_all_cancelled_are_dropped():
     recorder = Recorder()
     cancelled: list[tuple[str, int]] = []
-    observer = BatchObserver(cancelled=lambda kind, items: cancelled.append((kind, items)))
+    depths: list[int] = []  # items admitted and waiting, on every change (the ruclip_tiny_queue_items gauge)
+    observer = BatchObserver(cancelled=lambda kind, items: cancelled.append((kind, items)),
+                             queue_depth=lambda kind, items: depths.append(items))
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:

@@ -178,10 +178,11 @@ def test_16_concurrent_clients_each_get_their_own_rows_and_requests_are_merged(s
     texts = [f"подпись номер {i}: {word}" for i, word in enumerate(
         "кошка собака дом река лес поле город море гора небо ракета кофе монеты звезды луна солнце".split())]
     images = [jpeg(10 + i) for i in range(4)]
-    expected_text = dict(zip(texts, reference.encode_texts(texts)))
-    expected_image = dict(zip(range(4), reference.encode_images(images)))
+    expected_text = dict(zip(texts, reference.encode_texts(texts), strict=True))
+    expected_image = dict(zip(range(4), reference.encode_images(images), strict=True))
     # different inputs must be told apart for "its own row" to mean anything
-    assert cosines(np.stack(list(expected_text.values())[:-1]), np.stack(list(expected_text.values())[1:])).max() < 0.9999
+    rows = np.stack(list(expected_text.values()))
+    assert cosines(rows[:-1], rows[1:]).max() < 0.9999
     before = httpx.get(f"{server.url}/metrics").text
 
     async def one_client(seed: int, http: httpx.AsyncClient) -> int:
