@@ -210,7 +210,7 @@ def _probe_parity(bundle_root: Path, precision: str, device: str) -> dict:
 
     report = parity.run_parity(bundle_root, precisions=(precision,), backend="torch", write=False,
                                backend_options={"device": device})
-    return {"passed": report["passed"], "results": report["results"]}
+    return {"passed": report.passed, "results": report.to_json()["results"]}
 
 
 def step_parity(args) -> int:

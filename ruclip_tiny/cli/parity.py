@@ -56,37 +56,33 @@ def run(args: argparse.Namespace) -> int:
         write=not args.no_write,
     )
 
-    for skipped, reason in report["skipped"].items():
+    for skipped, reason in report.skipped.items():
         print(f"skipped {skipped}: {reason}")
-    if not report["results"]:
+    if not report.results:
         raise RuclipTinyError(f"the {backend} backend could run no precision here")
-    where = sorted(
-        {entry.get("provider") or entry.get("backend_description") or entry.get("backend")
-         for entry in report["results"].values()} - {None}
-    )
-    engine = f"onnxruntime {report['onnxruntime_version']}" if backend == BACKEND else f"the {backend} backend"
+    where = sorted({entry.runs_on for entry in report.results.values()})
+    engine = f"onnxruntime {report.onnxruntime_version}" if backend == BACKEND else f"the {backend} backend"
     print(
-        f"parity of {report['bundle']} against its probe reference ({report['probe']['images']} images, "
-        f"{report['probe']['texts']} texts), {engine} on {', '.join(where) or 'nothing'}"
+        f"parity of {report.bundle} against its probe reference ({report.probe.images} images, "
+        f"{report.probe.texts} texts), {engine} on {', '.join(where) or 'nothing'}"
     )
     print(format_table(report))
-    root = Path(report["bundle"])
-    written = report["written"]
+    root = Path(report.bundle)
+    written = report.written
     if written is None:
         print(f"nothing written (--no-write): {root} is unchanged, no deployable flag was set")
     else:
-        print(f"report:   {root / written['report']}")
-        if written["plot"]:
-            print(f"plot:     {root / written['plot']}")
+        print(f"report:   {root / written.report}")
+        if written.plot:
+            print(f"plot:     {root / written.plot}")
         else:
-            print(f"plot:     skipped — {written['plot_skipped']}")
-        print(f"manifest: parity results and deployable flags updated in {root / written['manifest']}")
-    failed = [key for key, entry in report["results"].items() if not entry["passed"]]
-    if failed:
+            print(f"plot:     skipped — {written.plot_skipped}")
+        print(f"manifest: parity results and deployable flags updated in {root / written.manifest}")
+    if report.failed:
         marking = "a failed artifact is marked not deployable" if written else "nothing was marked (--no-write)"
-        print(f"PARITY FAILED: {', '.join(failed)} (reasons above); {marking}", file=sys.stderr)
+        print(f"PARITY FAILED: {', '.join(report.failed)} (reasons above); {marking}", file=sys.stderr)
         return 1
-    marked = [key for key, entry in report["results"].items() if entry["kind"] == "artifact" and ":" not in key]
+    marked = [key for key, entry in report.results.items() if entry.kind == "artifact" and ":" not in key]
     if written is None:
         print("parity passed")
     elif marked:

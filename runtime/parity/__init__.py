@@ -8,8 +8,8 @@ torch backend's rows (``torch:visual.fp32``) are recorded only.
 
 Modules: ``thresholds`` (the bars, per precision, and the Polygraphy tolerances derived from them), ``metrics``
 (numpy in, numbers out, and the verdict), ``probe`` (the bundle's probe set, read and checked), ``run`` (one run
-path for every backend), ``report`` (the typed report and its entries, where they are written, the table) and
-``plot`` (the error plot).
+path for every backend), ``results`` (the typed report and its entries, with their JSON), ``report`` (where a
+report is written, and the table) and ``plot`` (the error plot).
 """
 
 from runtime.parity.metrics import (
@@ -28,12 +28,23 @@ from runtime.parity.metrics import (
 )
 from runtime.parity.plot import write_error_plot
 from runtime.parity.probe import Probe, load_probe
-from runtime.parity.report import BACKEND, PLOT_FILE, REPORT_FILE, format_table, json_safe, report_files
+from runtime.parity.report import BACKEND, PLOT_FILE, REPORT_FILE, format_table, report_files
+from runtime.parity.results import (
+    REPORT_SCHEMA_VERSION,
+    EntryMetrics,
+    ParityEntry,
+    ParityReport,
+    ProbeSize,
+    Top1,
+    Written,
+    json_safe,
+)
 from runtime.parity.run import DEFAULT_BATCH_SIZE, parity_providers, result_key, run_parity
 from runtime.parity.thresholds import (
     CLEAR_MARGIN,
     ELEMENTWISE_REL_FLOOR,
     THRESHOLDS,
+    ParityError,
     Thresholds,
     polygraphy_command,
     thresholds_for,
@@ -45,10 +56,18 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "ELEMENTWISE_REL_FLOOR",
     "PLOT_FILE",
+    "REPORT_SCHEMA_VERSION",
     "REPORT_FILE",
     "THRESHOLDS",
+    "EntryMetrics",
+    "ParityEntry",
+    "ParityError",
+    "ParityReport",
     "Probe",
+    "ProbeSize",
     "Thresholds",
+    "Top1",
+    "Written",
     "cosine_similarities",
     "feature_metrics",
     "format_table",

@@ -10,35 +10,35 @@ from ruclip_tiny import spec
 from ruclip_tiny.fileio import atomic_path
 from runtime.parity.metrics import row_cosines
 from runtime.parity.probe import Probe
-from runtime.parity.thresholds import thresholds_for
+from runtime.parity.results import ParityReport
 
 
-def write_error_plot(path: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> None:
+def write_error_plot(path: Path, report: ParityReport, features: dict[str, np.ndarray], probe: Probe) -> None:
     """``parity/errors.png``: per artifact, histograms of per-element |Δ| and per-row 1 - cosine, on log axes.
 
     Raises ImportError when matplotlib is not installed (it is optional: ``ruclip-tiny[plots]``).
     """
     from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
 
-    keys = [key for key in report["results"] if key in features]
+    keys = [key for key in report.results if key in features]
     height = 2.4 * max(len(keys), 1)
     figure = Figure(figsize=(11, height))
     margins = {"left": 0.06, "right": 0.98, "top": 1 - 0.3 / height, "bottom": 0.35 / height}
     axes = figure.subplots(max(len(keys), 1), 2, squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.15, **margins})
     for row, key in enumerate(keys):
-        entry = report["results"][key]
-        thresholds = thresholds_for(entry["precision"])
-        reference = probe.reference[spec.ENCODERS[entry["encoder"]].outputs[0].name]
+        entry = report.results[key]
+        thresholds = entry.thresholds
+        reference = probe.reference[spec.ENCODERS[entry.encoder].outputs[0].name]
         candidate = features[key]
         abs_bound = (
-            thresholds.max_abs_error_per_norm * entry["mean_reference_norm"]
+            thresholds.max_abs_error_per_norm * entry.metrics.mean_reference_norm
             if thresholds.max_abs_error_per_norm is not None
             else None
         )
         _log_histogram(
             axes[row, 0],
             np.abs(candidate.astype(np.float64) - reference).ravel(),
-            f"{key} ({'PASS' if entry['passed'] else 'FAIL'}): |Δ| per element",
+            f"{key} ({'PASS' if entry.passed else 'FAIL'}): |Δ| per element",
             abs_bound,
         )
         _log_histogram(

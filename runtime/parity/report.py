@@ -7,29 +7,21 @@ from pathlib import Path
 import numpy as np
 
 from ruclip_tiny.fileio import atomic_write_json
-from runtime.bundle import PARITY_DIR, Bundle, BundleError, artifact_key, contained_path
+from runtime.bundle import MANIFEST, PARITY_DIR, Bundle, BundleError, artifact_key, contained_path
 from runtime.parity.plot import write_error_plot
 from runtime.parity.probe import Probe
+from runtime.parity.results import DIRECTIONS, ParityReport, Written
 from runtime.parity.thresholds import CLEAR_MARGIN
 
 REPORT_FILE = f"{PARITY_DIR}/report.json"
 PLOT_FILE = f"{PARITY_DIR}/errors.png"
-REPORT_SCHEMA_VERSION = 1
 BACKEND = "onnxruntime"
 
-def json_safe(value):
-    """NaN/Inf become null (JSON has no NaN; the nan/inf counts keep the fact)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_safe(item) for item in value]
-    return value
 
-
-def _write_results(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
-    """Plot, report and manifest; returns what went where (paths relative to the bundle)."""
+def write_results(root: Path, report: ParityReport, features: dict[str, np.ndarray], probe: Probe) -> Written:
+    """Plot, report and manifest (each artifact's entry in ``parity`` and its ``deployable`` flag); returns what
+    went where (paths relative to the bundle). Raises BundleError, naming ``--no-write``, when the bundle cannot be
+    written."""
     try:
         return _write_files(root, report, features, probe)
     except OSError as exc:
@@ -47,58 +39,53 @@ def report_files(backend: str) -> tuple[str, str]:
     return f"{PARITY_DIR}/report.{backend}.json", f"{PARITY_DIR}/errors.{backend}.png"
 
 
-def _write_files(root: Path, report: dict, features: dict[str, np.ndarray], probe: Probe) -> dict:
-    report_file, plot_file = report_files(report["backend"])
+def _write_files(root: Path, report: ParityReport, features: dict[str, np.ndarray], probe: Probe) -> Written:
+    report_file, plot_file = report_files(report.backend)
     for relative in (report_file, plot_file):  # a parity/ symlinked out of the bundle must not be written through
         contained_path(root, relative, f"bundle {root}")
-    written = {"report": report_file, "manifest": "manifest.json", "plot": None, "plot_skipped": None}
     try:
         write_error_plot(root / plot_file, report, features, probe)
-        written["plot"] = plot_file
+        written = Written(report_file, MANIFEST, plot_file)
     except ImportError:
-        written["plot_skipped"] = "matplotlib is not installed (pip install 'ruclip-tiny[plots]')"
-    report["written"] = written
-    atomic_write_json(root / report_file, json_safe(report))
+        written = Written(report_file, MANIFEST, None, "matplotlib is not installed (pip install 'ruclip-tiny[plots]')")
+    report.written = written
+    atomic_write_json(root / report_file, report.to_json())
 
     # Re-read the manifest just before rewriting it, so that what another command added meanwhile survives.
     bundle = Bundle.load(root)
     parity = bundle.manifest.setdefault("parity", {})
-    for key, entry in report["results"].items():
-        if entry["kind"] == "artifact":
+    for key, entry in report.results.items():
+        if entry.kind == "artifact":
             if key in bundle.artifacts:
-                bundle.artifacts[key]["deployable"] = entry["passed"]
-            elif key == artifact_key(entry["encoder"], entry["precision"]):
+                bundle.artifacts[key]["deployable"] = entry.passed
+            elif key == artifact_key(entry.encoder, entry.precision):
                 continue  # a graph the manifest lacks: nothing to mark, the failure is in the report
-        parity[key] = json_safe(entry)
+        parity[key] = entry.to_json()
     bundle.write_manifest()
     return written
 
 
-
-def _number(value, form: str) -> str:
-    return "n/a" if value is None else format(value, form)
-
-
-def format_table(report: dict) -> str:
-    """One line per artifact and combined row, then the reasons for every failure."""
+def format_table(report: ParityReport) -> str:
+    """One line per artifact and combined row, then the reasons for every failure (a NaN measurement reads
+    ``nan``; the NaN/Inf column counts the values behind it)."""
     header = ("artifact", "min cos", "max abs", "max rel", "sim Δ", "top-1 i→t", "top-1 t→i", "NaN/Inf", "result")
     rows = []
-    for key, entry in report["results"].items():
-        if entry.get("error"):
+    for key, entry in report.results.items():
+        metrics = entry.metrics
+        if entry.error or metrics is None:
             rows.append((key, "—", "—", "—", "—", "—", "—", "—", "FAIL"))
             continue
-        directions = (entry["top1"]["image_to_text"], entry["top1"]["text_to_image"])
-        top1 = [f"{c['agree']}/{c['clear']} of {c['rows']}" for c in directions]
+        top1 = [f"{c.agree}/{c.clear} of {c.rows}" for c in (metrics.top1[d] for d in DIRECTIONS)]
         rows.append(
             (
                 key,
-                _number(entry["min_cosine"], ".7f"),
-                _number(entry["max_abs_error"], ".2e"),
-                _number(entry["max_rel_error"], ".2e"),
-                _number(entry["max_similarity_change"], ".2e"),
+                format(metrics.min_cosine, ".7f"),
+                format(metrics.max_abs_error, ".2e"),
+                format(metrics.max_rel_error, ".2e"),
+                format(metrics.max_similarity_change, ".2e"),
                 *top1,
-                f"{entry['nan']}/{entry['inf']}",
-                "PASS" if entry["passed"] else "FAIL",
+                f"{metrics.nan}/{metrics.inf}",
+                "PASS" if entry.passed else "FAIL",
             )
         )
     widths = [max(len(str(line[i])) for line in [header, *rows]) for i in range(len(header))]
@@ -110,8 +97,8 @@ def format_table(report: dict) -> str:
         "top-1: agreeing/clear-margin rows of all rows (a row is clear when the reference top-1 leads top-2 "
         f"by more than {CLEAR_MARGIN:g}); sim Δ: largest change of an image–text cosine similarity"
     )
-    for key, entry in report["results"].items():
-        for reason in entry["failures"]:
+    for key, entry in report.results.items():
+        for reason in entry.failures:
             reason = reason.removeprefix(f"{key}: ")  # bundle errors already start with the key
             lines.append(f"FAIL {key}: {reason}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ two graphs of a precision together, as a deployment uses them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,8 @@ from runtime.backends.onnxruntime import OnnxRuntimeEncoder, Provider, provider_
 from runtime.bundle import PRECISIONS, Bundle, BundleError, artifact_key
 from runtime.parity.metrics import feature_metrics, judge, similarity_metrics
 from runtime.parity.probe import Probe, load_probe
-from runtime.parity.report import BACKEND, REPORT_SCHEMA_VERSION, _write_results, json_safe
+from runtime.parity.report import BACKEND, write_results
+from runtime.parity.results import EntryMetrics, ParityEntry, ParityReport, ProbeSize, json_safe
 from runtime.parity.thresholds import thresholds_for
 
 DEFAULT_BATCH_SIZE = 16
@@ -45,22 +46,32 @@ def _describe_providers(providers: Sequence[Provider]) -> list:
     return [p if isinstance(p, str) else [p[0], dict(p[1])] for p in providers]
 
 
-def _failed(entry: dict, reason: str) -> dict:
-    return {**entry, "passed": False, "error": reason, "failures": [reason]}
-
-
 @dataclass
 class EncoderRun:
     """One encoder as parity runs it. key: the result key (the manifest artifact key when the backend runs a
     manifest artifact, e.g. ``visual.fp16``; else ``<backend>:<encoder>.<precision>``, e.g. ``torch:visual.fp32``);
-    run: feeds -> features float32 [N, 768], or None when it cannot run (``error`` says why); fields: what the entry
-    records about it (file, sha256, provider or device, backend description)."""
+    run: feeds -> features float32 [N, 768], or None when it cannot run (``error`` says why); the rest is what its
+    entry records about it."""
 
     key: str
     encoder: spec.EncoderSpec
     run: Callable[[dict[str, np.ndarray]], np.ndarray] | None
-    fields: dict
+    backend: str
     error: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    provider: str | None = None
+    device: str | None = None
+    backend_description: str | None = None
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every entry of one run shares."""
+
+    onnxruntime_version: str
+    date: str
+    probe: ProbeSize
 
 
 def result_key(backend: str, encoder: str, precision: str) -> str:
@@ -82,17 +93,19 @@ def _onnxruntime_runs(
         if entry.get("fused_variant_of") in {main for main, _ in keys} and entry.get("encoder") in spec.ENCODERS
     ]
     for key, encoder_spec in keys:
-        fields: dict = {}
+        run = EncoderRun(key, encoder_spec, None, BACKEND, provider=provider_name(providers[0]))  # until it opens
         try:
             manifest_entry = bundle.artifact(key)
-            fields.update(file=manifest_entry["path"], sha256=manifest_entry.get("sha256"))
+            run.file, run.sha256 = manifest_entry["path"], manifest_entry.get("sha256")
             bundle.verify([key])
             encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers, encoder=encoder_spec)
         except (BundleError, BackendError) as exc:
-            runs.append(EncoderRun(key, encoder_spec, None, fields, str(exc)))
+            run.error = str(exc)
+            runs.append(run)
             continue
-        fields["provider"] = encoder.providers[0]
-        runs.append(EncoderRun(key, encoder_spec, partial(encoder.run_batched, batch_size=batch_size), fields))
+        run.provider = encoder.providers[0]
+        run.run = partial(encoder.run_batched, batch_size=batch_size)
+        runs.append(run)
     return runs
 
 
@@ -117,7 +130,7 @@ def _backend_runs(
         opened = plan.open(bundle)
     except (BundleError, BackendError) as exc:
         return [
-            EncoderRun(result_key(backend, e.name, precision), e, None, {"backend": backend}, str(exc))
+            EncoderRun(result_key(backend, e.name, precision), e, None, backend, error=str(exc))
             for e in (spec.VISUAL, spec.TEXTUAL)
         ], None
     runs = []
@@ -128,29 +141,45 @@ def _backend_runs(
     for encoder_spec in (spec.VISUAL, spec.TEXTUAL):
         manifest_key = opened.artifact_key(encoder_spec.name)
         key = manifest_key or result_key(opened.name, encoder_spec.name, precision)
-        fields = {"backend": opened.name, "backend_description": opened.describe(), "device": opened.device}
+        encode, names = encoders[encoder_spec.name]
+        run = EncoderRun(key, encoder_spec, _batched(encode, names, batch_size), opened.name,
+                         device=opened.device, backend_description=opened.describe())
         if manifest_key in bundle.artifacts:
             entry = bundle.artifacts[manifest_key]
-            fields.update(file=entry.get("path"), sha256=entry.get("sha256"))
-        encode, names = encoders[encoder_spec.name]
-        runs.append(EncoderRun(key, encoder_spec, _batched(encode, names, batch_size), fields))
+            run.file, run.sha256 = entry.get("path"), entry.get("sha256")
+        runs.append(run)
     return runs, opened
 
 
-def _check_encoder(run: EncoderRun, precision: str, probe: Probe, common: dict) -> tuple[dict, np.ndarray | None]:
-    """Run one encoder on the probe and judge it. Returns its report entry and its features (None if it did not
-    run)."""
+def _encoder_runs(
+    bundle: Bundle, backend: str, precision: str, providers: list[Provider], options: dict, batch_size: int
+) -> tuple[list[EncoderRun], Backend | None]:
+    """The encoders of ``backend`` at ``precision``, ready to run on the probe, and what to close afterwards."""
+    if backend == BACKEND:
+        return _onnxruntime_runs(bundle, precision, providers, batch_size), None
+    return _backend_runs(bundle, backend, precision, options, batch_size)
+
+
+def _failed(entry: ParityEntry, reason: str) -> ParityEntry:
+    return replace(entry, passed=False, error=reason, failures=[reason])
+
+
+def _judged(entry: ParityEntry, metrics: dict, failures: list[str]) -> ParityEntry:
+    return replace(entry, metrics=EntryMetrics.from_metrics(metrics), passed=not failures, failures=failures)
+
+
+def _check_encoder(
+    run: EncoderRun, precision: str, probe: Probe, context: _Context
+) -> tuple[ParityEntry, np.ndarray | None]:
+    """Run one encoder on the probe and judge it. Returns its entry and its features (None if it did not run)."""
     encoder_spec = run.encoder
     thresholds = thresholds_for(precision)
-    entry = {
-        "kind": "artifact",
-        "artifact": run.key,
-        "encoder": encoder_spec.name,
-        "precision": precision,
-        **common,
-        **run.fields,
-        "thresholds": thresholds.to_dict(),
-    }
+    entry = ParityEntry(
+        kind="artifact", artifact=run.key, encoder=encoder_spec.name, precision=precision, backend=run.backend,
+        onnxruntime_version=context.onnxruntime_version, provider=run.provider, date=context.date,
+        probe=context.probe, thresholds=thresholds, file=run.file, sha256=run.sha256, device=run.device,
+        backend_description=run.backend_description, passed=False, failures=[],
+    )
     if run.run is None:
         return _failed(entry, run.error or "could not be run"), None
     try:
@@ -158,71 +187,62 @@ def _check_encoder(run: EncoderRun, precision: str, probe: Probe, common: dict) 
     except (BundleError, BackendError) as exc:
         return _failed(entry, str(exc)), None
 
-    key = run.key
     visual = encoder_spec.name == spec.VISUAL.name
     reference_image = probe.reference[spec.VISUAL.outputs[0].name]
     reference_text = probe.reference[spec.TEXTUAL.outputs[0].name]
     reference = reference_image if visual else reference_text
     if features.shape != reference.shape:
-        return _failed(
-            entry, f"{key} gives features of shape {list(features.shape)}; the reference has {list(reference.shape)}"
-        ), None
+        shapes = f"{list(features.shape)}; the reference has {list(reference.shape)}"
+        return _failed(entry, f"{run.key} gives features of shape {shapes}"), None
     # The other modality is the reference's, so this encoder alone decides its verdict.
     image, text = (features, reference_text) if visual else (reference_image, features)
     metrics = {
         **feature_metrics(features, reference),
         **similarity_metrics(image, text, reference_image, reference_text, thresholds.clear_margin),
     }
-    failures = judge(metrics, thresholds)
-    return {**entry, **metrics, "passed": not failures, "error": None, "failures": failures}, features
+    return _judged(entry, metrics, judge(metrics, thresholds)), features
 
 
 def _check_combined(
-    key: str, precision: str, parts: dict[str, dict], features: dict[str, np.ndarray], probe: Probe, common: dict
-) -> dict:
-    """Judge the visual and textual encoders of one precision together (``parts``: their entries, visual first):
-    both must pass, and so must the similarities and top-1 they give between them."""
+    key: str, precision: str, visual: ParityEntry, textual: ParityEntry, features: dict[str, np.ndarray],
+    probe: Probe, context: _Context,
+) -> ParityEntry:
+    """Judge the visual and textual encoders of one precision together: both must pass, and so must the
+    similarities and top-1 they give between them."""
     thresholds = thresholds_for(precision)
-    visual_key, textual_key = list(parts)[:2]
-    entry = {
-        "kind": "combined",
-        "artifact": key,
-        "artifacts": [visual_key, textual_key],
-        "precision": precision,
-        **common,
-        **{name: parts[visual_key][name] for name in ("provider", "backend", "device") if name in parts[visual_key]},
-        "thresholds": thresholds.to_dict(),
-    }
-    if visual_key not in features or textual_key not in features:
-        missing = [key for key in (visual_key, textual_key) if key not in features]
+    entry = ParityEntry(
+        kind="combined", artifact=key, artifacts=[visual.artifact, textual.artifact], precision=precision,
+        backend=visual.backend, onnxruntime_version=context.onnxruntime_version, provider=visual.provider,
+        device=visual.device, date=context.date, probe=context.probe, thresholds=thresholds, passed=False,
+        failures=[],
+    )
+    if visual.metrics is None or textual.metrics is None:
+        missing = [part.artifact for part in (visual, textual) if part.metrics is None]
         return _failed(entry, f"not judged: {' and '.join(missing)} could not be run")
-    image, text = features[visual_key], features[textual_key]
-    visual, textual = parts[visual_key], parts[textual_key]
+    seen, read = visual.metrics, textual.metrics
 
     def worst(name: str, pick) -> float:  # np.min/np.max, unlike min/max, let a NaN through whatever its position
-        return float(pick([visual[name], textual[name]]))
+        return float(pick([getattr(seen, name), getattr(read, name)]))
 
     metrics = {
-        "rows": visual["rows"] + textual["rows"],
+        "rows": seen.rows + read.rows,
         "min_cosine": worst("min_cosine", np.min),
-        "mean_cosine": (visual["mean_cosine"] * visual["rows"] + textual["mean_cosine"] * textual["rows"])
-        / (visual["rows"] + textual["rows"]),
+        "mean_cosine": (seen.mean_cosine * seen.rows + read.mean_cosine * read.rows) / (seen.rows + read.rows),
         "max_abs_error": worst("max_abs_error", np.max),
         "max_rel_error": worst("max_rel_error", np.max),
         "max_elementwise_rel_error": worst("max_elementwise_rel_error", np.max),
-        "nan": visual["nan"] + textual["nan"],
-        "inf": visual["inf"] + textual["inf"],
+        "nan": seen.nan + read.nan,
+        "inf": seen.inf + read.inf,
         **similarity_metrics(
-            image,
-            text,
+            features[visual.artifact],
+            features[textual.artifact],
             probe.reference[spec.VISUAL.outputs[0].name],
             probe.reference[spec.TEXTUAL.outputs[0].name],
             thresholds.clear_margin,
         ),
     }
-    failures = [f"{key} failed" for key in (visual_key, textual_key) if not parts[key]["passed"]]
-    failures += judge(metrics, thresholds)
-    return {**entry, **metrics, "passed": not failures, "error": None, "failures": failures}
+    failures = [f"{part.artifact} failed" for part in (visual, textual) if not part.passed]
+    return _judged(entry, metrics, failures + judge(metrics, thresholds))
 
 
 def run_parity(
@@ -234,7 +254,7 @@ def run_parity(
     backend: str = BACKEND,
     backend_options: dict | None = None,
     skip_unavailable: bool = False,
-) -> dict:
+) -> ParityReport:
     """Run both encoders of ``backend`` at each precision on the bundle's probe and judge them against the
     reference.
 
@@ -244,16 +264,16 @@ def run_parity(
     Result keys: the manifest artifact key when the backend runs one (``visual.fp16``, a TensorRT engine's key),
     else ``<backend>:<encoder>.<precision>``; the pair's row is ``combined.<precision>`` (``<backend>:combined...``).
     skip_unavailable: a precision the backend refuses on this machine (torch fp16 on a CPU) is left out and listed
-    in ``report["skipped"]`` instead of failing.
+    in ``report.skipped`` instead of failing.
 
     An encoder that is missing, does not match its manifest sha256, or cannot be run is a failed entry (with the
-    reason), not an exception. Raises BundleError when the directory is not a usable bundle or has no readable
-    probe. With ``write``: the report (``parity/report.json``; ``parity/report.<backend>.json`` for other
-    backends), its error plot, and the manifest's ``parity`` section and ``deployable`` flags (for results keyed by
-    a manifest artifact), all written atomically.
+    reason), not an exception. Raises ParityError for an unknown precision, BackendError for providers given to
+    another backend, BundleError when the directory is not a usable bundle or has no readable probe, or when the
+    results cannot be written. With ``write``: the report (``parity/report.json``; ``parity/report.<backend>.json``
+    for other backends), its error plot, and the manifest's ``parity`` section and ``deployable`` flags (for results
+    keyed by a manifest artifact), all written atomically.
 
-    Returns the report described in the module docstring (``written`` is None unless ``write``); metric values
-    stay Python floats there, NaN included.
+    Returns the typed report (``written`` is None unless ``write``); metric values may be NaN there.
     """
     for precision in precisions:
         thresholds_for(precision)
@@ -263,16 +283,10 @@ def run_parity(
     bundle.check_tokenizer()  # what Embedder.load checks too: a bundle it refuses must not pass here
     probe = load_probe(bundle)
     providers = parity_providers(providers) if backend == BACKEND else []
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    common = {
-        "backend": backend,
-        "onnxruntime_version": ort.__version__,
-        "provider": provider_name(providers[0]) if providers else None,
-        "date": date,
-        "probe": {"images": probe.images, "texts": probe.texts},
-    }
+    context = _Context(ort.__version__, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       ProbeSize(probe.images, probe.texts))
 
-    results: dict[str, dict] = {}
+    results: dict[str, ParityEntry] = {}
     features: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
     for precision in precisions:
@@ -281,43 +295,38 @@ def run_parity(
             if problem:
                 skipped[precision] = problem
                 continue
-        opened = None
-        if backend == BACKEND:
-            runs = _onnxruntime_runs(bundle, precision, providers, batch_size)
-        else:
-            runs, opened = _backend_runs(bundle, backend, precision, backend_options or {}, batch_size)
+        runs, opened = _encoder_runs(bundle, backend, precision, providers, backend_options or {}, batch_size)
         try:
-            parts = {}
+            parts = []
             for run in runs:
-                entry, output = _check_encoder(run, precision, probe, common)
-                parts[entry["artifact"]] = results[entry["artifact"]] = entry
+                entry, output = _check_encoder(run, precision, probe, context)
+                parts.append(entry)
+                results[entry.artifact] = entry
                 if output is not None:
-                    features[entry["artifact"]] = output
+                    features[entry.artifact] = output
         finally:
             if opened is not None:
                 opened.close()
-        name = runs[0].fields.get("backend", backend)
+        visual, textual = parts[:2]  # the two encoders come first; fused variants, judged on their own, after
+        name = visual.backend
         combined_key = f"combined.{precision}" if name == BACKEND else f"{name}:combined.{precision}"
-        results[combined_key] = _check_combined(combined_key, precision, parts, features, probe, common)
+        results[combined_key] = _check_combined(combined_key, precision, visual, textual, features, probe, context)
 
-    report = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "bundle": str(bundle.root),
-        "date": date,
-        "backend": backend,
-        "onnxruntime_version": ort.__version__,
-        "providers": _describe_providers(providers),
-        "backend_options": json_safe(dict(backend_options or {})),
-        "precisions": [p for p in precisions if p not in skipped],
-        "skipped": skipped,
-        "probe": {"images": probe.images, "texts": probe.texts},
-        "thresholds": {precision: thresholds_for(precision).to_dict() for precision in precisions},
-        "results": results,
-        "passed": bool(results) and all(entry["passed"] for entry in results.values()),
-        "written": None,
-    }
+    report = ParityReport(
+        bundle=str(bundle.root),
+        date=context.date,
+        backend=backend,
+        onnxruntime_version=context.onnxruntime_version,
+        providers=_describe_providers(providers),
+        backend_options=json_safe(dict(backend_options or {})),
+        precisions=[p for p in precisions if p not in skipped],
+        skipped=skipped,
+        probe=context.probe,
+        thresholds={precision: thresholds_for(precision) for precision in precisions},
+        results=results,
+    )
     if write:
-        report["written"] = _write_results(bundle.root, report, features, probe)
+        report.written = write_results(bundle.root, report, features, probe)
     return report
 
 

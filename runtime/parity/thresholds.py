@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from ruclip_tiny import spec
+from ruclip_tiny.errors import RuclipTinyError
 from runtime.bundle import POLYGRAPHY_DIR, PROBE_REFERENCE, BundleError, onnx_file
+
+
+class ParityError(RuclipTinyError, ValueError):
+    """A parity request or a stored parity result that is not as this code knows them: an unknown precision, a
+    malformed report or entry."""
+
 
 # A reference top-1 whose lead over the runner-up is at most this (in cosine similarity) is a near-tie: rounding
 # may legitimately flip it, so such rows are left out of the top-1 agreement.
@@ -37,8 +44,25 @@ class Thresholds:
     min_top1_agreement: float = 1.0
     clear_margin: float = CLEAR_MARGIN
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "thresholds") -> Thresholds:
+        """The bars as a report or a manifest entry recorded them (every field a number; the abs-error bar may be
+        null)."""
+        if not isinstance(data, dict):
+            raise ParityError(f"{where}: expected an object, got {type(data).__name__}")
+        values = {}
+        for bar in fields(cls):
+            if bar.name not in data:
+                raise ParityError(f"{where}: {bar.name} is missing")
+            value = data[bar.name]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number and not (value is None and bar.name == "max_abs_error_per_norm"):
+                raise ParityError(f"{where}: {bar.name} must be a number, got {value!r}")
+            values[bar.name] = None if value is None else float(value)
+        return cls(**values)
 
 
 # THE thresholds. fp32 also gets a similarity-change bar (1e-4): an FP32 graph is the same arithmetic as the
@@ -52,9 +76,9 @@ THRESHOLDS: dict[str, Thresholds] = {
 
 
 def thresholds_for(precision: str) -> Thresholds:
-    """The bars for ``precision`` (``fp32`` or ``fp16``)."""
+    """The bars for ``precision`` (``fp32`` or ``fp16``); ParityError for any other."""
     if precision not in THRESHOLDS:
-        raise ValueError(f"no parity thresholds for precision {precision!r}; known: {', '.join(THRESHOLDS)}")
+        raise ParityError(f"no parity thresholds for precision {precision!r}; known: {', '.join(THRESHOLDS)}")
     return THRESHOLDS[precision]
 
 

@@ -320,9 +320,9 @@ def test_a_replaced_graph_with_other_io_is_refused_at_load_even_with_its_sha256_
     assert str(path) in message and problem in message and "the spec says" in message
     # parity runs the same check: the artifact fails with the reason, the other one is still judged
     report = parity.run_parity(root, ("fp32",), write=False)
-    assert report["results"][key]["passed"] is False and problem in report["results"][key]["error"]
+    assert report.results[key].passed is False and problem in report.results[key].error
     other = "textual.fp32" if key == "visual.fp32" else "visual.fp32"
-    assert report["results"][other]["passed"] is True
+    assert report.results[other].passed is True
 
 
 def test_the_fused_text_graph_is_used_when_sound(tmp_path):

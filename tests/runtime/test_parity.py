@@ -280,12 +280,12 @@ def test_nan_output_is_reported_and_report_stays_valid_json(bundle_dir):
     fake_bundle.scale_initializer(bundle_dir / "textual.onnx", "textual.b1", float("nan"))
     fake_bundle.refresh_manifest_entry(bundle_dir, "textual.fp32")
     report = parity.run_parity(bundle_dir, precisions=("fp32",))
-    entry = report["results"]["textual.fp32"]
-    assert entry["nan"] == 8 * 768 and not entry["passed"]
-    assert math.isnan(entry["min_cosine"])
+    entry = report.results["textual.fp32"]
+    assert entry.metrics.nan == 8 * 768 and not entry.passed
+    assert math.isnan(entry.metrics.min_cosine)
     written = _strict_json(bundle_dir / "parity/report.json")["results"]["textual.fp32"]
     assert written["min_cosine"] is None and written["nan"] == 8 * 768
-    assert report["results"]["visual.fp32"]["passed"] is True
+    assert report.results["visual.fp32"].passed is True
 
 
 def test_missing_artifacts_of_a_precision_are_failures(tmp_path, capsys):
@@ -334,7 +334,7 @@ def test_unknown_precision_exits_2(bundle_dir, capsys):
 def test_write_false_leaves_the_bundle_untouched(bundle_dir):
     before = (bundle_dir / "manifest.json").read_bytes()
     report = parity.run_parity(bundle_dir, write=False)
-    assert report["passed"] and report["written"] is None
+    assert report.passed and report.written is None
     assert (bundle_dir / "manifest.json").read_bytes() == before
     assert not (bundle_dir / "parity").exists()
 
@@ -350,7 +350,7 @@ def test_plot_is_skipped_without_matplotlib(bundle_dir, monkeypatch, capsys):
 def test_plot_is_written_with_matplotlib(bundle_dir):
     pytest.importorskip("matplotlib", reason="matplotlib is optional (ruclip-tiny[plots]); the plot is not drawn")
     report = parity.run_parity(bundle_dir)
-    assert report["written"]["plot"] == "parity/errors.png"
+    assert report.written.plot == "parity/errors.png"
     assert (bundle_dir / "parity/errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
