@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ruclip_tiny import spec
+from ruclip_tiny.errors import RuclipTinyError
 from ruclip_tiny.fileio import atomic_path
 
 OPSET = 18
@@ -31,7 +32,7 @@ EXAMPLE_BATCH = 2
 EXAMPLE_SEQUENCE = 16
 
 
-class GraphCheckError(RuntimeError):
+class GraphCheckError(RuclipTinyError, RuntimeError):
     """An exported graph that fails the ONNX checker, shape inference, the I/O contract, or parity."""
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from export.onnx import GraphCheckError, check_graph, example_inputs
+from ruclip_tiny.errors import RuclipTinyError
 
 
 def _session(path):
@@ -93,8 +94,9 @@ def test_graph_check_rejects_a_graph_whose_io_differs_from_the_spec(exported_bun
     path = tmp_path / "renamed.onnx"
     onnx.save(model, path)
     check_graph(exported_bundle / "visual.onnx", "visual")
-    with pytest.raises(GraphCheckError, match="spec says"):
+    with pytest.raises(GraphCheckError, match="spec says") as caught:
         check_graph(path, "visual")
+    assert isinstance(caught.value, RuclipTinyError)  # the CLI's one error line and exit 2, not a traceback
 
 
 @pytest.mark.parametrize(("encoder", "blocks"), [("visual", 18), ("textual", 3)])
