@@ -24,6 +24,8 @@ from runtime.serve.settings import ServerSettings
 
 
 class BodyTooLarge(HTTPException):
+    """413: the body is larger than ``--max-body-bytes`` (raised by the middleware while the body streams in)."""
+
     def __init__(self, limit: int):
         super().__init__(413, f"request body larger than --max-body-bytes={limit} bytes; send fewer or smaller items "
                               "per request")
