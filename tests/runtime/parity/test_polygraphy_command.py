@@ -16,7 +16,7 @@ from runtime.parity import THRESHOLDS, polygraphy_command
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("polygraphy") is None,
                                 reason="polygraphy is not installed (export extra)")
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _polygraphy(argv: list[str]) -> subprocess.CompletedProcess:
