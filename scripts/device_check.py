@@ -8,7 +8,8 @@ Steps (``python scripts/device_check.py STEP --out OUTDIR [--dry-run] [--bundle 
     parity      torch backend fp32 and fp16 on CUDA vs the bundle's probe reference, and on the
                 stress inputs vs the FP32 reference on the CPU                                    -> parity.json
     bench       latency p50/p99 and throughput per encoder × batch for one variant (--variant
-                eager|graphs|compile); CUDA events around device-resident inputs, after warm-up   -> bench-<variant>.json
+                eager|graphs|compile); CUDA events around device-resident inputs, after warm-up
+                                                                                  -> bench-<variant>.json
     tensorrt    if tensorrt and polygraphy import: build-engines, their parity, their latency     -> tensorrt.json
     report      everything in one device_check.json, and the short table, printed last
 
@@ -251,32 +252,32 @@ def step_parity(args) -> int:
 # --- benchmarks ------------------------------------------------------------------------------------------------------
 
 
-def timings_ms(call, device: str, warmup: int, repeats: int, min_repeats: int, seconds: float) -> list[float]:
-    """Per-call milliseconds of ``call`` after ``warmup`` calls: CUDA events on a GPU (what the device spent between
-    the two events), the wall clock on the CPU; at least ``min_repeats``, at most ``repeats``, stopping once
-    ``seconds`` are spent."""
+def cuda_event_timer():
+    """A timer (``runtime.bench.timing``) reading CUDA events recorded around the call: what the device spent
+    between the two."""
     import torch
 
-    for _ in range(warmup):
+    def timed(call) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         call()
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while len(times) < repeats and (len(times) < min_repeats or time.perf_counter() < end):
-        if cuda:
-            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start_event.record()
-            call()
-            end_event.record()
-            end_event.synchronize()
-            times.append(start_event.elapsed_time(end_event))
-        else:
-            started = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - started) * 1e3)
-    return times
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    return timed
+
+
+def timings_ms(call, device: str, warmup: int, repeats: int, min_repeats: int, seconds: float) -> list[float]:
+    """Per-call milliseconds of ``call`` after ``warmup`` calls, by the bench's timing loop: CUDA events on a GPU
+    (what the device spent between the two events), the wall clock on the CPU; at least ``min_repeats``, at most
+    ``repeats``, stopping once ``seconds`` are spent (checked after every call)."""
+    from runtime.bench import measure_alternating, wall_timer
+
+    timer = cuda_event_timer() if device.startswith("cuda") else wall_timer()
+    (timing,) = measure_alternating([call], repeats, warmup, seconds, timers=[timer], block=1,
+                                    min_repeats=min_repeats)
+    return [value * 1e3 for value in timing.seconds]
 
 
 def summarize(times: list[float], batch: int) -> dict:
@@ -325,7 +326,8 @@ def step_bench(args) -> int:
     deadline = Deadline(args.seconds)
     configs = bench_plan(args)
     for index, (precision, variant) in enumerate(configs):
-        options = {"cuda_graphs": True} if variant == "graphs" else {"compile": COMPILE_MODE} if variant == "compile" else {}
+        options = ({"cuda_graphs": True} if variant == "graphs" else
+                   {"compile": COMPILE_MODE} if variant == "compile" else {})
         name = f"torch {variant} {precision}"
         try:
             backend = TorchBackend.from_bundle(bundle, precision, device=device, **options)
@@ -348,8 +350,8 @@ def step_bench(args) -> int:
                 call = backend.encoders[encoder]
             try:
                 with torch.inference_mode():
-                    times = timings_ms(lambda: call(*inputs), "cpu" if host else device, warmup, repeats,
-                                       min_repeats, deadline.share(remaining))
+                    times = timings_ms(lambda call=call, inputs=inputs: call(*inputs), "cpu" if host else device,
+                                       warmup, repeats, min_repeats, deadline.share(remaining))
             except Exception as exc:  # e.g. a graph capture or compile failure: record, go on
                 report["errors"][f"{name} {encoder} batch {batch}"] = f"{type(exc).__name__}: {exc}"[:600]
                 say(f"bench: {name} {encoder} batch {batch} failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -412,11 +414,11 @@ def step_tensorrt(args) -> int:
             break
         if encoder == "visual":
             pixels = rng.normal(size=(batch, 3, 224, 224)).astype(np.float32)
-            call = lambda: backend.encode_pixels(pixels)  # noqa: E731
+            call = lambda pixels=pixels: backend.encode_pixels(pixels)  # noqa: E731
         else:
             ids = rng.integers(1000, 30000, (batch, TEXT_LENGTH))
             mask = np.ones_like(ids)
-            call = lambda: backend.encode_tokens(ids, mask)  # noqa: E731
+            call = lambda ids=ids, mask=mask: backend.encode_tokens(ids, mask)  # noqa: E731
         # The backend returns host arrays after synchronising its own stream: wall clock, host copies included.
         times = timings_ms(call, "cpu", 5, 200, 10, deadline.share(len(todo) - position))
         report["rows"].append({"backend": "tensorrt", "variant": "engine", "precision": "fp16", "encoder": encoder,
@@ -494,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=list(STEPS))
     parser.add_argument("--out", required=True, help="OUTDIR for the JSON files")
-    parser.add_argument("--bundle", help="an exported bundle to use (default OUTDIR/bundle, exported by the export step)")
+    parser.add_argument("--bundle",
+                        help="an exported bundle to use (default OUTDIR/bundle, exported by the export step)")
     parser.add_argument("--dry-run", action="store_true", help="on the CPU at tiny sizes; CUDA-only parts skipped")
     parser.add_argument("--variant", choices=VARIANTS, default="eager", help="bench: which torch variant")
     parser.add_argument("--seconds", type=float, default=60.0, help="this step's time budget")

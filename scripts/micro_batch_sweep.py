@@ -2,14 +2,14 @@
 into micro-batches of different sizes, side by side, and writes the speed-up over whole-batch calls.
 
 The onnxruntime backend's CPU defaults (``CPU_IMAGE_MICRO_BATCH``, ``CPU_TEXT_MICRO_BATCH_TOKENS`` in
-``runtime/backends/onnxruntime.py``) come from this sweep. Every size runs on the same sessions (only the backend's
-micro-batch setting changes between calls), in alternating blocks (``runtime.bench.measure_alternating``), so a
-ratio never compares two moments of a machine whose load drifts. Rows are checked equal to the whole-batch call.
+``runtime/backends/onnxruntime.py``) come from this sweep. Each size runs on a backend opened with that micro-batch
+option, all sizes timed side by side in alternating blocks (``runtime.bench.measure_alternating``), so a ratio never
+compares two moments of a machine whose load drifts. Rows are checked equal to the whole-batch call.
 
     python scripts/micro_batch_sweep.py bundle --out DIR      # micro_batch_sweep.json and micro-batch-sweep.png
 
 Inputs: the probe's preprocessed images, and texts at two widths: the bench's long texts (77 tokens) and its
-captions (padding trimmed to the longest, as the runtime feeds them). About 5 minutes with the defaults.
+captions (padding trimmed to the longest, as the runtime feeds them).
 """
 
 from __future__ import annotations
@@ -53,51 +53,74 @@ def _sweep(call_with, sizes: list[int], repeats: int, say, label: str) -> list[d
             for size, t in zip(sizes, timings)]
 
 
+def _open(bundle, threads: int, **micro_batches):
+    """The onnxruntime backend on the CPU without the fused text graph, with the micro-batch options given (the
+    others at their defaults)."""
+    return open_backend(bundle, "onnxruntime", "fp32", providers="cpu", intra_op_threads=threads,
+                        fused_attention=False, **micro_batches)
+
+
+class _Backends:
+    """One backend per micro-batch size of one option (``image_micro_batch`` or ``text_micro_batch_tokens``; size
+    0: whole batches), opened at first use and closed together."""
+
+    def __init__(self, bundle, threads: int, option: str):
+        self.bundle, self.threads, self.option = bundle, threads, option
+        self.opened: dict[int, object] = {}
+
+    def __call__(self, size: int):
+        if size not in self.opened:
+            self.opened[size] = _open(self.bundle, self.threads, **{self.option: size})
+        return self.opened[size]
+
+    def __enter__(self) -> _Backends:
+        return self
+
+    def __exit__(self, *_exc_info) -> None:
+        for backend in self.opened.values():
+            backend.close()
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run(args) -> dict:
-    say = (lambda message: print(message, file=sys.stderr, flush=True))
     bundle = Bundle.load(args.bundle)
     tokenizer = FastTokenizer.from_directory(bundle.path(TOKENIZER_DIR))
     inputs = bench.load_inputs(bundle, tokenizer)
-    backend = open_backend(bundle, "onnxruntime", "fp32", providers="cpu", intra_op_threads=args.threads,
-                           fused_attention=False)
+    with _open(bundle, args.threads) as defaults:  # what the sweep measures against: the backend's defaults here
+        described = defaults.describe()
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_model": bench.cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads},
         "versions": bench.versions(),
-        "backend": backend.describe(),
+        "backend": described,
         "images": [],
         "texts": [],
     }
 
-    def encode_pixels(pixels):
-        def call(size):
-            backend.image_micro_batch = size or None
-            return backend.encode_pixels(pixels)
-        return call
+    with _Backends(bundle, args.threads, "image_micro_batch") as backends:
+        for batch in bench.parse_batch_sizes(args.image_batches, "--image-batches"):
+            pixels = np.ascontiguousarray(bench.fill(inputs.pixels, batch))
+            sizes = [size for size in _sizes(args.image_sizes, "--image-sizes") if size < batch]
+            rows = _sweep(lambda size, p=pixels: backends(size).encode_pixels(p), sizes, args.repeats, say,
+                          f"images x {batch}")
+            report["images"] += [{"batch": batch, **row} for row in rows]
 
-    for batch in bench.parse_batch_sizes(args.image_batches, "--image-batches"):
-        pixels = np.ascontiguousarray(bench._fill(inputs.pixels, batch))
-        sizes = [size for size in _sizes(args.image_sizes, "--image-sizes") if size < batch]
-        rows = _sweep(encode_pixels(pixels), sizes, args.repeats, say, f"images x {batch}")
-        report["images"] += [{"batch": batch, **row} for row in rows]
-
-    def encode_tokens(ids, mask):
-        def call(tokens):
-            backend.text_micro_batch_tokens = tokens or None
-            return backend.encode_tokens(ids, mask)
-        return call
-
-    for name, texts in (("77 tokens", inputs.long_texts), ("captions", inputs.captions)):
-        for batch in bench.parse_batch_sizes(args.text_batches, "--text-batches"):
-            ids, mask = tokenizer.encode(bench._fill(texts, batch)).trimmed()
-            width = ids.shape[1]
-            sizes = [t for t in _sizes(args.text_tokens, "--text-tokens") if t < batch * width]
-            rows = _sweep(encode_tokens(ids, mask), sizes, args.repeats, say, f"{name} x {batch} (width {width})")
-            report["texts"] += [{"texts": name, "batch": batch, "width": width,
-                                 "rows_per_call": even_part_rows(batch, rows_for_tokens(row["size"] or None, width)),
-                                 **row}
-                                for row in rows]
-    backend.close()
+    with _Backends(bundle, args.threads, "text_micro_batch_tokens") as backends:
+        for name, texts in (("77 tokens", inputs.long_texts), ("captions", inputs.captions)):
+            for batch in bench.parse_batch_sizes(args.text_batches, "--text-batches"):
+                ids, mask = tokenizer.encode(bench.fill(texts, batch)).trimmed()
+                width = ids.shape[1]
+                sizes = [t for t in _sizes(args.text_tokens, "--text-tokens") if t < batch * width]
+                rows = _sweep(lambda tokens, i=ids, m=mask: backends(tokens).encode_tokens(i, m), sizes,
+                              args.repeats, say, f"{name} x {batch} (width {width})")
+                report["texts"] += [{"texts": name, "batch": batch, "width": width,
+                                     "rows_per_call": even_part_rows(batch, rows_for_tokens(row["size"] or None,
+                                                                                            width)),
+                                     **row}
+                                    for row in rows]
     return report
 
 

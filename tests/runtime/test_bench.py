@@ -124,7 +124,8 @@ def test_rounds_combine_as_medians_of_each_rounds_own_ratio():
              "batch_size": 8, "p50_ms": runtime_ms, "ratio_vs_baseline": baseline_ms / runtime_ms},
         ]
         end_to_end = [{"images": 64, "pipeline": "runtime", "backend": "onnxruntime", "precision": "fp32",
-                       "batch_size": 32, "images_per_s": 640 / runtime_ms, "ratio_vs_baseline": baseline_ms / runtime_ms}]
+                       "batch_size": 32, "images_per_s": 640 / runtime_ms,
+                       "ratio_vs_baseline": baseline_ms / runtime_ms}]
         return {"rows": rows, "end_to_end": end_to_end, "elapsed_s": 10.0, "machine": {"load_average_1m_end": load}}
 
     # the middle round ran on a busy machine: both sides slowed, its ratio is still paired
@@ -182,3 +183,18 @@ def test_slow_calls_alternate_one_timed_call_per_block():
     rounds = log[2:]
     assert [len(t.seconds) for t in timings] == [3, 3]
     assert rounds[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"]
+
+
+def test_a_single_call_is_timed_by_its_timer_without_settling_calls():
+    from runtime.bench import measure_alternating
+
+    log: list[str] = []
+
+    def timer(call) -> float:  # a clock of its own, as device_check's CUDA events are
+        call()
+        return 0.5
+
+    (timing,) = measure_alternating([lambda: log.append("a")], repeats=3, warmup=1, time_budget_s=10.0,
+                                    timers=[timer], block=1)
+    assert timing.seconds == [0.5, 0.5, 0.5]
+    assert len(log) == 4  # one warm-up call and three timed ones: nothing else to settle from

@@ -1,5 +1,5 @@
 """``scripts/micro_batch_sweep.py`` at tiny sizes on the session's bundle: every size is timed against the whole
-batch on the same sessions, the rows say how many texts each call took, and the JSON and the plot are written."""
+batch side by side, the rows say how many texts each call took, and the JSON and the plot are written."""
 
 from __future__ import annotations
 
