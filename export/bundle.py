@@ -10,6 +10,7 @@ that names the path and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import json
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from ruclip_tiny import spec
+from ruclip_tiny import __version__, spec
 from ruclip_tiny.errors import RuclipTinyError
 from ruclip_tiny.fileio import (
     STAGING_INFIX,
@@ -34,17 +35,21 @@ from ruclip_tiny.fileio import (
     replace_directory,
 )
 from ruclip_tiny.progress import StageTimer
-from runtime.bundle import (
-    MANIFEST,
-    PRECISIONS,
-    PROBE_INPUTS,
-    REFERENCE_WEIGHTS,
-    SCHEMA_VERSION,
-    TOKENIZER_DIR,
+from runtime.bundle import MANIFEST, PRECISIONS, PROBE_INPUTS, REFERENCE_WEIGHTS, TOKENIZER_DIR, Bundle
+from runtime.manifest import (
+    ONNX_FORMAT,
+    REFERENCE_KEY,
+    WEIGHTS_FORMAT,
+    Artifact,
+    Checkpoint,
+    FileEntry,
+    Manifest,
+    TokenizerEntry,
     artifact_key,
-    describe_file,
     fused_key,
     onnx_file,
+    spec_dims,
+    spec_io,
 )
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -101,9 +106,10 @@ def bundle_files(root: Path) -> set[str]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"its {MANIFEST} is not JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("model_id") != spec.MODEL_ID:
+    # Deliberately lenient (any schema version, fields unchecked): what matters here is only whose files these are.
+    if not isinstance(manifest, dict) or "model_id" not in manifest or manifest["model_id"] != spec.MODEL_ID:
         raise ValueError(f"its {MANIFEST} is not a {spec.MODEL_ID} manifest (model_id is not {spec.MODEL_ID!r})")
-    if not isinstance(manifest.get("schema_version"), int) or isinstance(manifest["schema_version"], bool):
+    if "schema_version" not in manifest or type(manifest["schema_version"]) is not int:
         raise ValueError(f"its {MANIFEST} has no integer schema_version")
     return {MANIFEST} | _manifest_paths(manifest)
 
@@ -160,16 +166,26 @@ def os_error_message(exc: OSError, out: Path) -> str:
     return f"cannot write {where}: {reason}; choose another --out"
 
 
-def _checkpoint_entry(model, checkpoint: str | None) -> dict:
+def _checkpoint_entry(model, checkpoint: str | None) -> Checkpoint:
     info = model.checkpoint_info
     if info.synthetic:
         from ruclip_tiny.synthetic import SYNTHETIC_MARKER
 
-        return {"source": SYNTHETIC_MARKER, "synthetic": True, "seed": info.seed, "sha256": None}
-    return {"source": Path(checkpoint).name, "synthetic": False, "seed": None, "sha256": info.sha256}
+        return Checkpoint(source=SYNTHETIC_MARKER, seed=info.seed, sha256=None)
+    return Checkpoint(source=Path(checkpoint).name, seed=None, sha256=info.sha256)
 
 
-def _copy_tokenizer(tokenizer, root: Path) -> list[dict]:
+def graph_artifact(root: Path, relative: str, encoder: str, precision: str, **extra) -> Artifact:
+    """The manifest entry of an encoder graph written at ``root / relative``: its I/O from the one description
+    (``ruclip_tiny.spec``), ``deployable`` false until parity passes, ``extra`` fields as given."""
+    inputs, outputs = spec_io(encoder)
+    return Artifact.describe(
+        root, relative, format=ONNX_FORMAT, encoder=encoder, precision=precision, deployable=False, inputs=inputs,
+        outputs=outputs, extra={"dims": spec_dims(encoder), **extra},
+    )
+
+
+def _copy_tokenizer(tokenizer, root: Path) -> list[FileEntry]:
     entries = []
     for name in TOKENIZER_FILES:
         source = tokenizer.directory / name
@@ -177,7 +193,7 @@ def _copy_tokenizer(tokenizer, root: Path) -> list[dict]:
             relative = f"{TOKENIZER_DIR}/{name}"
             with atomic_path(root / relative) as temporary:
                 shutil.copyfile(source, temporary)
-            entries.append(describe_file(root, relative))
+            entries.append(FileEntry.describe(root, relative))
     return entries
 
 
@@ -209,9 +225,9 @@ def _preprocessing_entry() -> dict:
     }
 
 
-def _tokenizer_entry(tokenizer, files: list[dict]) -> dict:
-    return {
-        "path": TOKENIZER_DIR,
+def _tokenizer_entry(tokenizer, files: list[FileEntry]) -> TokenizerEntry:
+    special_ids = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "unk": tokenizer.unk_id}
+    return TokenizerEntry(path=TOKENIZER_DIR, files=files, extra={
         "kind": "DistilBertTokenizer (WordPiece, BERT basic tokenization)",
         "demo_vocabulary": tokenizer.is_demo,
         "do_lower_case": tokenizer.do_lower_case,
@@ -219,15 +235,13 @@ def _tokenizer_entry(tokenizer, files: list[dict]) -> dict:
         "padding": "max_length",
         "truncation": True,
         "vocab_size": tokenizer.vocab_size,
-        "special_ids": {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "unk": tokenizer.unk_id},
-        "files": files,
-    }
+        "special_ids": special_ids,
+    })
 
 
-def _fused_textual(model, root: Path, timer: StageTimer) -> dict:
+def _fused_textual(model, root: Path, timer: StageTimer) -> dict[str, Artifact]:
     """``textual.fused.onnx`` (ONNX Runtime's fused transformer kernels), or nothing when the fusion falls short:
     it is an optional speed-up, never a reason to fail an export."""
-    from export.onnx import graph_io
     from export.onnxruntime_fusion import FUSED_FILE, FusionError, export_fused_textual
 
     with timer.stage(f"exporting {FUSED_FILE}"):
@@ -238,10 +252,9 @@ def _fused_textual(model, root: Path, timer: StageTimer) -> dict:
             return {}
     encoder = spec.TEXTUAL.name
     return {
-        fused_key(encoder, "fp32"): describe_file(
-            root, FUSED_FILE, encoder=encoder, precision="fp32", format="onnx", runtime="onnxruntime",
-            fused_variant_of=artifact_key(encoder, "fp32"), mask=facts["mask"], deployable=False,
-            **graph_io(encoder), export=facts,
+        fused_key(encoder, "fp32"): dataclasses.replace(
+            graph_artifact(root, FUSED_FILE, encoder, "fp32", runtime="onnxruntime", mask=facts["mask"], export=facts),
+            fused_variant_of=artifact_key(encoder, "fp32"),
         )
     }
 
@@ -255,7 +268,7 @@ def export_bundle(
     run_parity: bool = True,
     timer: StageTimer | None = None,
     on_removed: Callable[[RemovedStaging], None] | None = None,
-) -> dict:
+) -> Manifest:
     """Write a complete bundle to ``out``; returns its manifest. Synthetic weights and the demo vocabulary by default.
 
     Stages: model and tokenizer, reference weights, FP32 graphs, FP16 graphs, probe set, activation scan, manifest,
@@ -283,11 +296,11 @@ def export_bundle(
     return manifest
 
 
-def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool, timer: StageTimer) -> dict:
+def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool, timer: StageTimer) -> Manifest:
     from export.activations import activation_report, format_activation_report
-    from ruclip_tiny.fp16 import fp16_model
-    from export.onnx import export_encoder, graph_io
+    from export.onnx import export_encoder
     from export.probe import write_probe
+    from ruclip_tiny.fp16 import fp16_model
     from ruclip_tiny.synthetic import load_model
     from ruclip_tiny.tokenizer import load_tokenizer
 
@@ -302,7 +315,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
         _write_reference_weights(model, root)
         tokenizer_files = _copy_tokenizer(tokenizer, root)
 
-    artifacts = {"reference": describe_file(root, REFERENCE_WEIGHTS, format="safetensors", precision="fp32")}
+    artifacts = {REFERENCE_KEY: Artifact.describe(root, REFERENCE_WEIGHTS, format=WEIGHTS_FORMAT, precision="fp32")}
     variants = {"fp32": model}
     for precision in PRECISIONS:
         if precision not in variants:
@@ -312,10 +325,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
             name = onnx_file(encoder, precision)
             with timer.stage(f"exporting {name}"):
                 facts = export_encoder(variants[precision], encoder, root / name, reference=model)
-            artifacts[artifact_key(encoder, precision)] = describe_file(
-                root, name, encoder=encoder, precision=precision, format="onnx", deployable=False,
-                **graph_io(encoder), export=facts,
-            )
+            artifacts[artifact_key(encoder, precision)] = graph_artifact(root, name, encoder, precision, export=facts)
 
     artifacts.update(_fused_textual(model, root, timer))
 
@@ -325,29 +335,30 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
         import numpy as np
 
         with np.load(root / PROBE_INPUTS, allow_pickle=False) as inputs:
-            activations = activation_report(model, tokenizer, inputs["pixels"], inputs["input_ids"], inputs["attention_mask"])
+            activations = activation_report(
+                model, tokenizer, inputs["pixels"], inputs["input_ids"], inputs["attention_mask"]
+            )
         atomic_write_json(root / "reports" / "activations.json", activations)
     print(format_activation_report(activations))
 
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "model_id": spec.MODEL_ID,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "synthetic": model.checkpoint_info.synthetic,
-        "checkpoint": _checkpoint_entry(model, checkpoint),
-        "embedding_dim": spec.EMBED_DIM,
-        "logit_scale": float(model.logit_scale.exp()),
-        "logit_scale_log": float(model.logit_scale),
-        "preprocessing": _preprocessing_entry(),
-        "tokenizer": _tokenizer_entry(tokenizer, tokenizer_files),
-        "artifacts": artifacts,
-        "probe": probe,
-        "activations": {"path": "reports/activations.json"},
-        "tools": _tool_versions(),
-        "export_seconds": dict(timer.seconds),
-        "parity": {},
-    }
-    atomic_write_json(root / MANIFEST, manifest)
+    manifest = Manifest(
+        model_id=spec.MODEL_ID,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        ruclip_tiny_version=__version__,
+        synthetic=model.checkpoint_info.synthetic,
+        checkpoint=_checkpoint_entry(model, checkpoint),
+        embedding_dim=spec.EMBED_DIM,
+        logit_scale=float(model.logit_scale.exp()),
+        logit_scale_log=float(model.logit_scale),
+        preprocessing=_preprocessing_entry(),
+        tokenizer=_tokenizer_entry(tokenizer, tokenizer_files),
+        artifacts=artifacts,
+        probe=probe,
+        activations="reports/activations.json",
+        tools=_tool_versions(),
+        export_seconds=dict(timer.seconds),
+    )
+    atomic_write_json(root / MANIFEST, manifest.to_json())
     if run_parity:
         from runtime.parity import format_table
         from runtime.parity import run_parity as parity
@@ -355,9 +366,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
         with timer.stage("parity of every graph against the reference outputs"):
             report = parity(root, PRECISIONS)
         print(format_table(report))
-    from runtime.bundle import Bundle
-
     bundle = Bundle.load(root)
-    bundle.manifest["export_seconds"] = dict(timer.seconds)
+    bundle.manifest.export_seconds = dict(timer.seconds)
     bundle.write_manifest()
     return bundle.manifest

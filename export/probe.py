@@ -16,7 +16,9 @@ from ruclip_tiny import spec
 from ruclip_tiny.demo import DEMO_DIR, LABELS_FILE, demo_photos
 from ruclip_tiny.fileio import atomic_path, atomic_write_bytes
 from ruclip_tiny.transform import image_transform, load_image
-from runtime.bundle import POLYGRAPHY_DIR, PROBE_INPUTS, PROBE_REFERENCE, describe_file
+from runtime.backends.tensorrt import quiet_polygraphy
+from runtime.bundle import POLYGRAPHY_DIR, PROBE_INPUTS, PROBE_REFERENCE
+from runtime.manifest import FileEntry, ProbeEntry
 
 PROBE_DIR = "probe"
 PROBE_IMAGES_DIR = f"{PROBE_DIR}/images"
@@ -160,13 +162,6 @@ def polygraphy_results(encoder: str, features: np.ndarray):
     return results
 
 
-def _quiet_polygraphy():
-    """Polygraphy logs every save/load at INFO, naming the temporary file; keep warnings and errors only."""
-    from polygraphy.logger import G_LOGGER
-
-    return G_LOGGER.verbosity(G_LOGGER.WARNING)
-
-
 def _write_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[str]:
     import polygraphy.json as polygraphy_json
 
@@ -180,7 +175,7 @@ def _write_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[s
 
         (output,) = spec.ENCODERS[encoder].outputs
         relative = f"{POLYGRAPHY_DIR}/{encoder}_outputs.json"
-        with atomic_path(root / relative) as temporary, _quiet_polygraphy():
+        with atomic_path(root / relative) as temporary, quiet_polygraphy():
             polygraphy_results(encoder, outputs[output.name]).save(str(temporary))
         written.append(relative)
     verify_polygraphy(root, inputs, outputs)
@@ -207,7 +202,7 @@ def verify_polygraphy(root: Path, inputs: dict[str, np.ndarray], outputs: dict[s
             _require_equal(path, tensor.name, feeds[0].get(tensor.name), inputs[tensor.name])
 
         path = root / POLYGRAPHY_DIR / f"{encoder}_outputs.json"
-        with _quiet_polygraphy():
+        with quiet_polygraphy():
             results = RunResults.load(str(path))
         if list(results.keys()) != [REFERENCE_RUNNER] or len(results[REFERENCE_RUNNER]) != 1:
             raise ProbeError(f"{path}: expected one runner {REFERENCE_RUNNER!r} with one iteration")
@@ -244,8 +239,8 @@ def _require_equal(path: Path, name: str, stored, expected: np.ndarray) -> None:
         raise ProbeError(f"{path}: {name} {difference}; re-export the probe")
 
 
-def write_probe(model, tokenizer, root: str | Path) -> dict:
-    """Write the probe set with the reference outputs into the bundle at ``root``; return its manifest fragment.
+def write_probe(model, tokenizer, root: str | Path) -> ProbeEntry:
+    """Write the probe set with the reference outputs into the bundle at ``root``; return its manifest entry.
 
     model: the reference ``RuCLIPTiny`` (eval mode); tokenizer: a ``ruclip_tiny.tokenizer.Tokenizer``.
     Writes (every file atomically):
@@ -257,7 +252,8 @@ def write_probe(model, tokenizer, root: str | Path) -> dict:
         probe/polygraphy/     {visual,textual}_inputs.json (--load-inputs), {visual,textual}_outputs.json
                               (--load-outputs: RunResults with the one runner "pytorch-reference")
     Every npz loads with ``allow_pickle=False``.
-    Returns {"images", "texts", "truncated_texts", "logit_scale", "runner", "files": [describe_file entries]}.
+    Returns images, texts, files (each with size and sha256) and, as written, truncated_texts and runner (the
+    logit scale is the manifest's one ``logit_scale``).
     """
     root = Path(root)
     photos = probe_images()
@@ -295,11 +291,9 @@ def write_probe(model, tokenizer, root: str | Path) -> dict:
     written += [PROBE_INPUTS, PROBE_REFERENCE]
     written += _write_polygraphy(root, inputs, outputs)
 
-    return {
-        "images": len(photos),
-        "texts": len(texts),
-        "truncated_texts": [int(i) for i in truncated],
-        "logit_scale": float(logit_scale),
-        "runner": REFERENCE_RUNNER,
-        "files": [describe_file(root, relative) for relative in sorted(written)],
-    }
+    return ProbeEntry(
+        images=len(photos),
+        texts=len(texts),
+        files=[FileEntry.describe(root, relative) for relative in sorted(written)],
+        extra={"truncated_texts": [int(i) for i in truncated], "runner": REFERENCE_RUNNER},
+    )

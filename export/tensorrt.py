@@ -13,25 +13,38 @@ from the spec — batch 1…``max_batch`` (opt ``opt_batch``) for both encoders,
 written to temporary names and renamed, so a failed or interrupted build leaves nothing that looks valid.
 
 Right after building, parity runs the engines through the ``tensorrt`` backend on the bundle's probe and judges them
-with the precision's thresholds; an engine that fails stays on disk for inspection, marked ``deployable: false``,
-and the command exits 1.
+with the precision's thresholds; an engine that fails stays on disk for inspection, marked ``deployable: false``
+(the command, ``ruclip_tiny/cli/build_engines.py``, then exits 1).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sys
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from ruclip_tiny import spec
 from ruclip_tiny.errors import RuclipTinyError
 from ruclip_tiny.fileio import atomic_path
 from ruclip_tiny.progress import StageTimer
 from runtime.backends import tensorrt as trt_backend
-from runtime.bundle import Bundle, artifact_key, describe_file
+from runtime.bundle import Bundle
+from runtime.manifest import (
+    Artifact,
+    EngineArtifact,
+    EngineSource,
+    FileEntry,
+    artifact_key,
+    engine_key,
+    engine_path,
+    spec_dims,
+    spec_io,
+    timing_cache_path,
+)
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_MAX_BATCH = 256
@@ -94,7 +107,7 @@ def profile_shapes(
                     + (" (or raise --max-batch)" if dim.name == spec.BATCH.name else "")
                 )
             triples.append((dim.min, best, top))
-        low, opt, high = zip(*triples)
+        low, opt, high = zip(*triples, strict=True)
         ranges[tensor.name] = ShapeRange(low, opt, high)
     return ranges
 
@@ -135,35 +148,39 @@ def engine_entry(
     precision: str,
     machine: trt_backend.Machine,
     profiles: dict[str, ShapeRange],
-    source: dict,
+    source: Artifact,
     settings: dict,
     build_seconds: float,
-) -> dict:
+) -> EngineArtifact:
     """The manifest entry of a built engine (its file must exist): path, size, sha256, what it was built from and
-    with, for which GPU, and its profiles. ``deployable`` starts False: only parity sets it."""
-    relative = trt_backend.engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
-    return describe_file(
+    with, for which GPU, its profiles, and its I/O from the one description the graphs' entries use.
+    ``deployable`` starts False: only parity sets it."""
+    relative = engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
+    inputs, outputs = spec_io(encoder)
+    return EngineArtifact.describe(
         root,
         relative,
-        format=trt_backend.ENGINE_FORMAT,
         encoder=encoder,
         precision=precision,
-        source={"artifact": artifact_key(encoder, precision), "path": source["path"], "sha256": source["sha256"]},
+        source=EngineSource(artifact_key(encoder, precision), source.path, source.sha256),
         tensorrt_version=machine.tensorrt,
         gpu_name=machine.gpu,
         compute_capability=machine.compute_capability,
         profiles={name: shapes.to_dict() for name, shapes in profiles.items()},
         max_batch=min(shapes.max[0] for shapes in profiles.values()),
-        builder={**settings, "strongly_typed": True, "tf32": False},
-        build_seconds=round(build_seconds, 1),
-        built=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in spec.ENCODERS[encoder].inputs],
-        outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in spec.ENCODERS[encoder].outputs],
+        inputs=inputs,
+        outputs=outputs,
         deployable=False,
+        extra={
+            "dims": spec_dims(encoder),
+            "builder": {**settings, "strongly_typed": True, "tf32": False},
+            "build_seconds": round(build_seconds, 1),
+            "built": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
     )
 
 
-def record_engine(root: Path, key: str, entry: dict, timing_cache: str | None = None) -> None:
+def record_engine(root: Path, key: str, entry: EngineArtifact, timing_cache: str | None = None) -> None:
     """Add or replace one engine entry (and the engines directory's timing cache) in the manifest, atomically.
 
     The manifest is re-read just before the write, so entries another command added meanwhile survive. A rebuilt
@@ -171,10 +188,9 @@ def record_engine(root: Path, key: str, entry: dict, timing_cache: str | None = 
     """
     bundle = Bundle.load(root)
     bundle.artifacts[key] = entry
-    bundle.manifest.get("parity", {}).pop(key, None)
+    bundle.manifest.parity.pop(key, None)
     if timing_cache is not None and (Path(root) / timing_cache).is_file():
-        caches = bundle.manifest.setdefault("tensorrt_timing_caches", {})
-        caches[str(Path(timing_cache).parent)] = describe_file(root, timing_cache)
+        bundle.manifest.tensorrt_timing_caches[str(Path(timing_cache).parent)] = FileEntry.describe(root, timing_cache)
     bundle.write_manifest()
 
 
@@ -182,13 +198,14 @@ def record_engine(root: Path, key: str, entry: dict, timing_cache: str | None = 
 
 
 def progress_monitor_class(base: type) -> type:
-    """A progress monitor on ``base`` (``tensorrt.IProgressMonitor``): prints the builder's top two phase levels,
-    indented, as they start, with their step counts and, when they finish, their duration. Never cancels."""
+    """A progress monitor on ``base`` (``tensorrt.IProgressMonitor``): writes the builder's top two phase levels to
+    ``stream``, indented, as they start, with their step counts and, when they finish, their duration. Never
+    cancels."""
 
     class BuildProgress(base):
-        def __init__(self, stream=None, max_depth: int = 1):
+        def __init__(self, stream: TextIO, max_depth: int = 1):
             base.__init__(self)
-            self.stream = stream if stream is not None else sys.stdout
+            self.stream = stream
             self.max_depth = max_depth
             self._depth: dict[str, int] = {}
             self._started: dict[str, float] = {}
@@ -214,19 +231,18 @@ def progress_monitor_class(base: type) -> type:
 
 
 def build_plan(onnx_path: Path, profiles: dict[str, ShapeRange], workspace_gib: float | None, cache: Path,
-               stream=None) -> bytes:
+               stream: TextIO | None = None) -> bytes:
     """Serialized engine for the ONNX graph at ``onnx_path``: strongly typed network, one optimisation profile,
-    optional workspace limit, the timing cache at ``cache`` loaded if present and saved (atomically) after."""
+    optional workspace limit, the timing cache at ``cache`` loaded if present and saved (atomically) after.
+    ``stream``: where the builder's progress is written (None: nowhere)."""
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.WARNING  # the progress monitor reports; Polygraphy's INFO lines repeat it
     profile = Profile()
     for name, shapes in profiles.items():
         profile.add(name, min=shapes.min, opt=shapes.opt, max=shapes.max)
     limits = {trt.MemoryPoolType.WORKSPACE: int(workspace_gib * GIB)} if workspace_gib else None
-    monitor = progress_monitor_class(trt.IProgressMonitor)(stream)
+    monitor = progress_monitor_class(trt.IProgressMonitor)(stream) if stream is not None else None
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     # File objects, not paths: Polygraphy then neither locks nor leaves ``.lock`` files, and the new cache is
     # renamed into place only once complete.
@@ -234,7 +250,8 @@ def build_plan(onnx_path: Path, profiles: dict[str, ShapeRange], workspace_gib: 
     try:
         config = CreateConfig(profiles=[profile], memory_pool_limits=limits, load_timing_cache=previous,
                               progress_monitor=monitor)
-        with atomic_path(cache) as temporary, open(temporary, "wb+") as new_cache:
+        # the progress monitor reports; Polygraphy's INFO lines would repeat it
+        with atomic_path(cache) as temporary, open(temporary, "wb+") as new_cache, trt_backend.quiet_polygraphy():
             plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=new_cache)()
     finally:
         if previous is not None:
@@ -245,7 +262,19 @@ def build_plan(onnx_path: Path, profiles: dict[str, ShapeRange], workspace_gib: 
 # --- the command ----------------------------------------------------------------------------------------------------
 
 
-def run_engine_parity(root: Path, precision: str) -> dict:
+@dataclass
+class EngineBuild:
+    """What ``build_engines`` did: the ``machine`` it built for, the ``engines`` (key -> manifest entry after parity),
+    the keys that are not deployable (``failed``), the parity report (None when not checked) and stage ``seconds``."""
+
+    machine: trt_backend.Machine
+    engines: dict[str, EngineArtifact]
+    failed: list[str]
+    parity: object | None
+    seconds: dict
+
+
+def run_engine_parity(root: Path, precision: str):
     """Parity of the engines just built through the ``tensorrt`` backend; records verdicts in the manifest."""
     from runtime.parity import run_parity
 
@@ -263,17 +292,17 @@ def build_engines(
     machine: trt_backend.Machine | None = None,
     timer: StageTimer | None = None,
     builder: Callable[..., bytes] | None = None,
-    parity: Callable[[Path, str], dict] | None = None,
-) -> dict:
+    parity: Callable[[Path, str], object] | None = None,
+    progress: TextIO | None = None,
+) -> EngineBuild:
     """Build, record and (``check_parity``) judge the two engines of ``precision``.
 
-    builder: (onnx path, profiles, workspace_gib, timing cache path) -> plan bytes (default ``build_plan``);
-    parity: (bundle root, precision) -> parity report, recording verdicts in the manifest (default
-    ``run_engine_parity``).
+    builder: (onnx path, profiles, workspace_gib, timing cache path) -> plan bytes (default ``build_plan``, writing
+    the builder's progress to ``progress``); parity: (bundle root, precision) -> parity report, recording verdicts
+    in the manifest (default ``run_engine_parity``).
 
-    Returns ``{"machine", "engines": {key: manifest entry after parity}, "failed": [keys not deployable],
-    "parity": report or None, "seconds": {...}}``. Raises EngineBuildError before any build when this machine
-    cannot build or the request is malformed, BundleError when the bundle or its graphs are not as listed.
+    Raises EngineBuildError before any build when this machine cannot build or the request is malformed,
+    BundleError when the bundle or its graphs are not as listed.
     """
     if precision not in PRECISIONS:
         raise EngineBuildError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -283,7 +312,7 @@ def build_engines(
         raise EngineBuildError(f"--workspace-gib must be positive, got {workspace_gib}")
     profiles = {encoder: profile_shapes(encoder, max_batch, opt_batch, opt_sequence) for encoder in spec.ENCODERS}
     machine = check_build_prerequisites(machine)
-    builder = builder or build_plan
+    builder = builder or functools.partial(build_plan, stream=progress)
     parity = parity or run_engine_parity
     timer = timer or StageTimer()
     root = Path(bundle_root)
@@ -291,18 +320,18 @@ def build_engines(
     sources = {encoder: artifact_key(encoder, precision) for encoder in spec.ENCODERS}
     bundle.verify(list(sources.values()))  # an engine must come from the graph the manifest vouches for
 
-    cache = trt_backend.timing_cache_path(machine.tensorrt, machine.compute_capability)
+    cache = timing_cache_path(machine.tensorrt, machine.compute_capability)
     settings = {"max_batch": max_batch, "opt_batch": opt_batch, "opt_sequence": opt_sequence,
                 "workspace_gib": workspace_gib}
     keys = {}
     for encoder, source_key in sources.items():
-        key = trt_backend.engine_key(encoder, precision, machine.tensorrt, machine.compute_capability)
-        relative = trt_backend.engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
+        key = engine_key(encoder, precision, machine.tensorrt, machine.compute_capability)
+        relative = engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
         source = bundle.artifact(source_key)
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        with timer.stage(f"building {relative} from {source['path']}"):
-            plan = builder(root / source["path"], profiles[encoder], workspace_gib, root / cache)
+        with timer.stage(f"building {relative} from {source.path}"):
+            plan = builder(bundle.path(source.path), profiles[encoder], workspace_gib, root / cache)
             with atomic_path(root / relative) as temporary:
                 temporary.write_bytes(plan)
         entry = engine_entry(root, encoder, precision, machine, profiles[encoder], source, settings,
@@ -316,42 +345,5 @@ def build_engines(
             report = parity(root, precision)
     artifacts = Bundle.load(root).artifacts
     engines = {key: artifacts[key] for key in keys.values()}
-    return {
-        "machine": machine,
-        "engines": engines,
-        "failed": [key for key, entry in engines.items() if entry.get("deployable") is not True],
-        "parity": report,
-        "seconds": dict(timer.seconds),
-    }
-
-
-def build_engines_command(
-    bundle: str,
-    precision: str = "fp16",
-    max_batch: int = DEFAULT_MAX_BATCH,
-    opt_batch: int = DEFAULT_OPT_BATCH,
-    opt_sequence: int = OPT_SEQUENCE,
-    workspace_gib: float | None = None,
-) -> int:
-    """``ruclip-tiny build-engines``: 0 built and deployable, 1 built but parity failed (engines kept, marked not
-    deployable). Errors (no TensorRT/GPU, bad bundle) raise RuclipTinyError: the CLI prints them, exit 2."""
-    root = Path(bundle)
-    print(f"ruclip-tiny build-engines {root} ({precision}, batch 1..{max_batch}, opt {opt_batch})")
-    result = build_engines(root, precision, max_batch, opt_batch, opt_sequence, workspace_gib)
-    machine = result["machine"]
-    if result["parity"] is not None:
-        from runtime.parity import format_table
-
-        print(format_table(result["parity"]))
-    for key, entry in result["engines"].items():
-        state = "deployable" if entry.get("deployable") is True else "NOT deployable"
-        print(f"  {entry['path']}  {entry['size'] / 1e6:.1f} MB  {state}")
-    if result["failed"]:
-        print(
-            f"PARITY FAILED for {', '.join(result['failed'])} ({machine.describe()}): kept for inspection, marked "
-            f"not deployable — see {root}/parity/report.tensorrt.json"
-        )
-        return 1
-    print(f"engines for {machine.describe()} built and marked deployable in {root}")
-    return 0
-
+    failed = [key for key, entry in engines.items() if not entry.usable]
+    return EngineBuild(machine, engines, failed, report, dict(timer.seconds))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -36,8 +35,8 @@ from ruclip_tiny.fileio import (
     remove_stale_staging,
     replace_directory,
 )
-from runtime.backends import tensorrt as trt_backend
-from runtime.bundle import Bundle, artifact_key, onnx_file
+from runtime.bundle import Bundle
+from runtime.manifest import ENGINES_DIR, Artifact, NotDeployableError, artifact_key, onnx_file, parse_engine_key
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
@@ -96,7 +95,8 @@ def _pbtxt(message: dict, indent: int = 0) -> list[str]:
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             lines.append(f"{pad}{key} [")
             for index, item in enumerate(value):
-                lines += [f"{pad}  {{", *_pbtxt(item, indent + 2), f"{pad}  }}" + ("," if index < len(value) - 1 else "")]
+                comma = "," if index < len(value) - 1 else ""
+                lines += [f"{pad}  {{", *_pbtxt(item, indent + 2), f"{pad}  }}{comma}"]
             lines.append(f"{pad}]")
         elif isinstance(value, list):
             lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
@@ -159,38 +159,26 @@ class TritonModel:
 
 
 def check_onnx_io(path: Path, encoder: spec.EncoderSpec) -> None:
-    """Refuse a graph whose inputs/outputs differ from the spec (names, element types, ranks, fixed dims)."""
-    import onnx
-    from onnx import helper
+    """Refuse a graph whose inputs/outputs differ from the spec: the export's one I/O check
+    (``export.onnx.check_graph_io``)."""
+    from export.onnx import GraphCheckError, check_graph_io
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
-    actual = {
-        "inputs": [v for v in graph.input if v.name not in initializers],
-        "outputs": list(graph.output),
-    }
-    for kind, tensors in (("inputs", encoder.inputs), ("outputs", encoder.outputs)):
-        found = actual[kind]
-        if [v.name for v in found] != [t.name for t in tensors]:
-            raise TritonRepoError(f"{path}: {kind} are {[v.name for v in found]}, the spec says "
-                                  f"{[t.name for t in tensors]}; re-export the bundle")
-        for value, tensor in zip(found, tensors):
-            kind_type = value.type.tensor_type
-            dtype = str(helper.tensor_dtype_to_np_dtype(kind_type.elem_type))
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind_type.shape.dim]
-            want = [-1 if isinstance(d, spec.Dim) else d for d in tensor.shape]
-            if dtype != tensor.dtype or dims != want:
-                raise TritonRepoError(f"{path}: {value.name} is {dtype} {dims}, the spec says {tensor.dtype} {want}; "
-                                      "re-export the bundle")
+    try:
+        check_graph_io(path, encoder.name)
+    except GraphCheckError as exc:
+        raise TritonRepoError(f"{exc}; re-export the bundle") from None
 
 
-def _check_deployable(bundle: Bundle, label: str, entry: dict | None, allow: bool) -> None:
-    if entry is None or entry.get("deployable", True) is not False:
-        return
-    if not allow:
-        raise TritonRepoError(f"{label} ({entry.get('path')}) is marked not deployable in {bundle.root}/manifest.json "
-                              f"(its parity check has not passed); check it with ruclip-tiny parity {bundle.root}, or "
-                              "pass --allow-not-deployable")
+def _checked_artifact(bundle: Bundle, key: str, allow: bool) -> Artifact:
+    """The artifact ``key``, refused as the embedder refuses it: not deployable (the same message), or a file that
+    differs from the manifest."""
+    try:
+        bundle.check_deployable([key], allow)
+    except NotDeployableError as exc:
+        raise TritonRepoError(str(exc)) from None
+    entry = bundle.artifact(key)
+    bundle.verify_file(key, entry)
+    return entry
 
 
 def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool) -> list[TritonModel]:
@@ -200,35 +188,32 @@ def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool) -> 
         if key not in bundle.artifacts:
             raise TritonRepoError(f"bundle {bundle.root} has no {key} graph ({onnx_file(encoder.name, precision)}); "
                                   f"re-export it with: ruclip-tiny export --out {bundle.root} --force")
-        entry = bundle.artifact(key)
-        _check_deployable(bundle, key, entry, allow)
-        bundle.verify_file(key, entry)
-        source = bundle.path(entry["path"])
+        source = bundle.path(_checked_artifact(bundle, key, allow).path)
         check_onnx_io(source, encoder)
         config = model_config(encoder, "onnxruntime", default_model_filename="model.onnx", **options)
         models.append(TritonModel(model_name(encoder.name), encoder.name, config, {"model.onnx": source}))
     return models
 
 
-def engine_directories(bundle: Bundle) -> dict[str, dict[str, Path]]:
-    """``{trt_version: {cc: engines dir}}`` of ``BUNDLE/engines/<trt-version>_sm<cc>/`` (the tensorrt backend's
-    keying)."""
-    found: dict[str, dict[str, Path]] = {}
-    root = bundle.path(trt_backend.ENGINES_DIR)
-    for directory in sorted(root.iterdir()) if root.is_dir() else []:
-        match = re.fullmatch(r"(.+)_sm(\d+)", directory.name)
-        if directory.is_dir() and match:
-            found.setdefault(match.group(1), {})[match.group(2)] = directory
+def engine_versions(bundle: Bundle, precision: str) -> dict[str, dict[str, dict[str, str]]]:
+    """``{trt_version: {cc: {encoder: engine key}}}`` of the ``precision`` engines the manifest lists (the keys
+    ``build-engines`` records: ``engines/<trt-version>_sm<cc>/<encoder>.<precision>``)."""
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    for key in bundle.artifacts:
+        parsed = parse_engine_key(key)
+        if parsed is not None and parsed[3] == precision:
+            version, capability, encoder, _ = parsed
+            found.setdefault(version, {}).setdefault(capability, {})[encoder] = key
     return found
 
 
 def _plan_models(bundle: Bundle, precision: str, trt_version: str | None, options: dict, allow: bool
                  ) -> list[TritonModel]:
     build = f"build them with: ruclip-tiny build-engines {bundle.root} (on each GPU model you deploy to)"
-    versions = engine_directories(bundle)
+    versions = engine_versions(bundle, precision)
     if not versions:
-        raise TritonRepoError(f"bundle {bundle.root} has no TensorRT engines ({trt_backend.ENGINES_DIR}/ is empty or "
-                              f"missing); {build}, or write an onnxruntime repository (--platform onnxruntime)")
+        raise TritonRepoError(f"bundle {bundle.root} lists no {precision} TensorRT engines in its manifest; {build}, "
+                              "or write an onnxruntime repository (--platform onnxruntime)")
     if trt_version is None:
         if len(versions) > 1:
             raise TritonRepoError(f"bundle {bundle.root} has engines for TensorRT {', '.join(sorted(versions))}; pick "
@@ -237,26 +222,19 @@ def _plan_models(bundle: Bundle, precision: str, trt_version: str | None, option
     if trt_version not in versions:
         raise TritonRepoError(f"bundle {bundle.root} has no engines for TensorRT {trt_version} (it has: "
                               f"{', '.join(sorted(versions))}); {build}")
-    by_path = {entry.get("path"): (key, entry) for key, entry in bundle.artifacts.items()}
     models = []
     for encoder in spec.ENCODERS.values():
         files, cc_names = {}, {}
-        for cc, directory in sorted(versions[trt_version].items()):
-            plan = directory / f"{encoder.name}.{precision}.plan"
-            if not plan.is_file():
+        for cc, keys in sorted(versions[trt_version].items()):
+            if encoder.name not in keys:
                 continue
-            relative = plan.relative_to(bundle.root).as_posix()
-            if relative in by_path:  # the engine builder records plans in the manifest: honour and verify
-                key, entry = by_path[relative]
-                _check_deployable(bundle, key, entry, allow)
-                bundle.verify_file(key, entry)
             name = f"model_sm{cc}.plan"
-            files[name] = plan
+            files[name] = bundle.path(_checked_artifact(bundle, keys[encoder.name], allow).path)
             cc_names[compute_capability_key(cc)] = name
         if not files:
             raise TritonRepoError(f"bundle {bundle.root} has no {precision} {encoder.name} engine for TensorRT "
                                   f"{trt_version} ({encoder.name}.{precision}.plan in "
-                                  f"{trt_backend.ENGINES_DIR}/{trt_version}_sm*/); {build}")
+                                  f"{ENGINES_DIR}/{trt_version}_sm*/); {build}")
         config = model_config(encoder, "tensorrt", cc_model_filenames=cc_names, **options)
         models.append(TritonModel(model_name(encoder.name), encoder.name, config, files,
                                   compute_capabilities=sorted(cc_names, key=float)))
@@ -274,7 +252,8 @@ def repository_readme(bundle: Bundle, models: list[TritonModel], platform: str, 
         for kind, tensors in (("input", encoder.inputs), ("output", encoder.outputs)):
             for tensor in tensors:
                 shape = ", ".join(str(d.name if isinstance(d, spec.Dim) else d) for d in tensor.shape)
-                inputs.append(f"| {model.name} | {kind} | `{tensor.name}` | {TRITON_DTYPES[tensor.dtype]} | [{shape}] |")
+                dtype = TRITON_DTYPES[tensor.dtype]
+                inputs.append(f"| {model.name} | {kind} | `{tensor.name}` | {dtype} | [{shape}] |")
     plans = ""
     if platform == "tensorrt":
         ccs = sorted({cc for model in models for cc in model.compute_capabilities}, key=float)
@@ -370,7 +349,11 @@ REPOSITORY_OWNERSHIP = Ownership(
 
 
 def _write_listing(root: Path) -> None:
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name not in (LISTING, STAGING_OWNER))
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in (LISTING, STAGING_OWNER)
+    )
     atomic_write_json(root / LISTING, {"written_by": LISTING_WRITER, "files": files})
 
 
@@ -389,8 +372,10 @@ def write_triton_repository(
 ) -> list[TritonModel]:
     """Write the repository for ``bundle`` to ``out`` (atomically); returns its models.
 
-    platform: "onnxruntime" (the bundle's ONNX graphs) or "tensorrt" (its ``engines/<trt>_sm<cc>/`` plans, one per
-    compute capability). precision: "fp32"/"fp16" (default fp32 for onnxruntime, fp16 for tensorrt).
+    platform: "onnxruntime" (the bundle's ONNX graphs) or "tensorrt" (the engines its manifest lists,
+    ``engines/<trt>_sm<cc>/`` plans, one per compute capability). Every graph or engine is refused as the embedder
+    refuses it: not deployable (unless ``allow_not_deployable``), or changed since the manifest was written.
+    precision: "fp32"/"fp16" (default fp32 for onnxruntime, fp16 for tensorrt).
     instance_kind: "auto", "gpu", "cpu" (default auto for onnxruntime, gpu for tensorrt). An existing non-empty
     ``out`` is replaced only with ``force``, and only once the new repository is complete.
     """
@@ -418,8 +403,7 @@ def write_triton_repository(
         models = _onnx_models(bundle, precision, options, allow_not_deployable)
     else:
         models = _plan_models(bundle, precision, trt_version, options, allow_not_deployable)
-    manifest = bundle.manifest
-    synthetic = bool(manifest.get("synthetic", (manifest.get("checkpoint") or {}).get("synthetic", False)))
+    synthetic = bundle.synthetic
     for model in models:
         model.synthetic = synthetic
 

@@ -237,7 +237,7 @@ def _metadata(embedder, kind: str, normalize: bool) -> dict:
     manifest = embedder.bundle.manifest
     return {
         "kind": kind,
-        "model_id": manifest.get("model_id"),
+        "model_id": manifest.model_id,
         "synthetic": embedder.synthetic,
         "bundle": str(Path(embedder.bundle.root).resolve()),
         "backend": embedder.backend.name,

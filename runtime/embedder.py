@@ -27,7 +27,7 @@ from ruclip_tiny import spec
 from ruclip_tiny.errors import ImageDecodeError
 from ruclip_tiny.template import fill_template
 from ruclip_tiny.transform import DEFAULT_MAX_IMAGE_PIXELS, image_transform, load_image
-from runtime.backends import Backend, BackendError, plan_backend
+from runtime.backends import Backend, plan_backend
 from runtime.bundle import TOKENIZER_DIR, Bundle, BundleError
 
 logger = logging.getLogger("runtime.embedder")
@@ -181,30 +181,6 @@ def zero_shot_probabilities(
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-# --- checks before a backend opens -------------------------------------------------------------------------------
-
-
-def check_deployable(bundle: Bundle, keys: Sequence[str], allow_not_deployable: bool = False) -> None:
-    """Refuse an artifact the manifest marks ``deployable: false`` (parity failed, or never ran) unless allowed."""
-    for key in keys:
-        entry = bundle.artifact(key)
-        if entry.get("deployable", True) is not False:
-            continue
-        if allow_not_deployable:
-            logger.warning("using %s although the manifest marks it not deployable (allowed)", key)
-            continue
-        parity = bundle.manifest.get("parity", {}).get(key)
-        if isinstance(parity, dict) and parity.get("failures"):
-            why = "its parity check failed: " + "; ".join(parity["failures"])
-        else:
-            why = "its parity check has not passed (not run, or not recorded)"
-        raise BundleError(
-            f"artifact {key} ({entry.get('path')}) of {bundle.root} is marked not deployable — {why}. Re-check it "
-            f"with: ruclip-tiny parity {bundle.root}; to use it anyway pass allow_not_deployable=True "
-            "(CLI: --allow-not-deployable)"
-        )
-
-
 # --- the embedder --------------------------------------------------------------------------------------------------
 
 
@@ -262,12 +238,13 @@ class Embedder:
         exif_transpose: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         **backend_options,
-    ) -> "Embedder":
+    ) -> Embedder:
         """Open ``bundle`` with ``backend`` ("auto", "onnxruntime", "torch", "tensorrt") at ``precision`` ("auto":
         fp16 on a GPU, fp32 on a CPU).
 
-        verify: check size and sha256 of the artifacts the backend reads (and of the tokenizer files) against the
-        manifest first. allow_not_deployable: use an artifact the manifest marks ``deployable: false``.
+        verify: check size and sha256 of every artifact the backend reads (the fused text graph too; each file once)
+        and of the tokenizer files against the manifest first. allow_not_deployable: use a graph or engine whose
+        last parity run did not pass or never ran (a missing verdict is not deployable); it is logged.
         batch_size: default rows per backend call; decode_workers: image decoding threads.
         trim_padding: feed the text encoder only as many token columns as the longest text of a chunk needs
         (the encoder masks padding, so the features are the same; short texts run ~20x faster than at 77).
@@ -279,12 +256,15 @@ class Embedder:
         graph_optimization_level, execution_mode, fused_attention, image_micro_batch, text_micro_batch_tokens;
         torch: device, threads.
         Raises BundleError (not a bundle, a manifest field of a wrong type or a path outside the bundle, an
-        artifact changed or with inputs/outputs other than ``ruclip_tiny.spec`` says, the tokenizer missing, not
-        deployable) or BackendError (cannot run it here).
+        artifact changed or with inputs/outputs other than ``ruclip_tiny.spec`` says, the tokenizer missing;
+        NotDeployableError: not deployable) or BackendError (cannot run it here).
+        This is the one place a load gates deployability and verifies sha256: the backend's plan lists every
+        artifact it will read, checked here before it opens.
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        plan = plan_backend(bundle, backend, precision, **backend_options)
-        check_deployable(bundle, plan.artifacts, allow_not_deployable)
+        plan = plan_backend(bundle, backend, precision, verify=verify, allow_not_deployable=allow_not_deployable,
+                            **backend_options)
+        bundle.check_deployable(plan.artifacts, allow_not_deployable)
         bundle.check_tokenizer(verify)
         if verify:
             bundle.verify(plan.artifacts)
@@ -302,7 +282,7 @@ class Embedder:
             self._pool = None
         self.backend.close()
 
-    def __enter__(self) -> "Embedder":
+    def __enter__(self) -> Embedder:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -327,9 +307,10 @@ class Embedder:
 
     def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Raw features float32 [N, dim] of preprocessed pixels float32 [N, 3, 224, 224], in chunks of
-        ``batch_size`` (default: the embedder's, never above the backend's limit); row i belongs to pixels[i]."""
+        ``batch_size`` (default: the embedder's; the backend cuts a chunk above its limit); row i belongs to
+        pixels[i]."""
         size = self._chunk_size(batch_size)
-        rows = [self._run(self.backend.encode_pixels, len(chunk), chunk)
+        rows = [self.backend.encode_pixels(chunk)
                 for chunk in (pixels[start : start + size] for start in range(0, len(pixels), size))]
         return np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
 
@@ -358,7 +339,7 @@ class Embedder:
                     good.append((start + offset, outcome))
             if good:
                 pixels = np.stack([pixels for _, pixels in good])
-                rows.append(self._run(self.backend.encode_pixels, len(good), pixels))
+                rows.append(self.backend.encode_pixels(pixels))
                 ok_indices += [index for index, _ in good]
         embeddings = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
         return PartialImageEmbeddings(l2_normalize(embeddings) if normalize else embeddings, ok_indices, failures)
@@ -447,7 +428,7 @@ class Embedder:
             if self.trim_padding:
                 width = int(encoded.lengths[rows].max())
                 ids, mask = ids[:, :width], mask[:, :width]
-            embeddings[rows] = self._run(self.backend.encode_tokens, len(rows), ids, mask)
+            embeddings[rows] = self.backend.encode_tokens(ids, mask)
         embeddings = l2_normalize(embeddings) if normalize else embeddings
         return TextEmbeddings(embeddings, list(encoded.truncated))
 
@@ -477,18 +458,7 @@ class Embedder:
     # --- plumbing ---
 
     def _chunk_size(self, batch_size: int | None) -> int:
-        size = _check_batch_size(batch_size if batch_size is not None else self.batch_size)
-        limit = self.backend.max_batch
-        return min(size, limit) if limit else size
-
-    def _run(self, encode, rows: int, *arrays: np.ndarray) -> np.ndarray:
-        features = encode(*arrays)
-        if features.shape != (rows, self.dim):
-            raise BackendError(
-                f"{self.backend.describe()} returned features of shape {list(features.shape)} for {rows} inputs; "
-                f"expected [{rows}, {self.dim}]"
-            )
-        return features
+        return _check_batch_size(batch_size if batch_size is not None else self.batch_size)
 
 
 def _check_batch_size(batch_size: int) -> int:

@@ -171,7 +171,7 @@ def step_export(args) -> int:
     started = time.perf_counter()
     manifest = export_bundle(out / "bundle", force=True)
     seconds = time.perf_counter() - started
-    graphs = {k: e["deployable"] for k, e in manifest["artifacts"].items() if e.get("format") == "onnx"}
+    graphs = {k: e.usable for k, e in manifest.artifacts.items() if e.format == "onnx"}
     write_json(out / "export.json", {"date": now(), "seconds": round(seconds, 1), "deployable": graphs})
     say(f"export: {out / 'bundle'} in {seconds:.0f}s; ONNX graphs deployable: {graphs}")
     return 0
@@ -401,9 +401,9 @@ def step_tensorrt(args) -> int:
         traceback.print_exc()
         write_json(out, report)
         return 0
-    report["engines"] = {key: {k: entry.get(k) for k in ("path", "size", "deployable", "build_seconds")}
-                         for key, entry in result["engines"].items()}
-    report["failed"] = result["failed"]
+    report["engines"] = {key: {k: entry.to_json().get(k) for k in ("path", "size", "deployable", "build_seconds")}
+                         for key, entry in result.engines.items()}
+    report["failed"] = result.failed
     write_json(out, report)
     backend = trt_backend.from_bundle(Bundle.load(root), "fp16")
     batches = DRY_BATCHES if args.dry_run else BATCHES

@@ -13,13 +13,16 @@ def register(commands) -> None:
     parser.add_argument("--checkpoint", help="ru-clip-tiny.pkl or .safetensors (default: synthetic weights)")
     parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--out", required=True, help="bundle directory to create")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one is complete)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing bundle (only once the new one is complete)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights (default 0)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from export.bundle import export_bundle
+    from runtime.manifest import ONNX_FORMAT
 
     timer = StageTimer()
     print(f"ruclip-tiny export -> {args.out}")
@@ -27,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
         args.out, checkpoint=args.checkpoint, tokenizer=args.tokenizer, force=args.force, seed=args.seed, timer=timer,
         on_removed=lambda removed: print(f"  {removed.describe()}"),
     )
-    graphs = {key: entry for key, entry in manifest["artifacts"].items() if entry.get("format") == "onnx"}
-    failed = sorted(key for key, entry in graphs.items() if not entry["deployable"])
-    print(f"wrote {args.out} in {timer.total:.0f}s ({'SYNTHETIC weights' if manifest['synthetic'] else 'checkpoint'})")
+    graphs = {key: entry for key, entry in manifest.artifacts.items() if entry.format == ONNX_FORMAT}
+    failed = sorted(key for key, entry in graphs.items() if not entry.usable)
+    print(f"wrote {args.out} in {timer.total:.0f}s ({'SYNTHETIC weights' if manifest.synthetic else 'checkpoint'})")
     if failed:
         print(f"PARITY FAILED for {', '.join(failed)}: marked not deployable (see {args.out}/parity/report.json)")
         return 1

@@ -94,9 +94,11 @@ def add_pixel_limit_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
+    from runtime.backends import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="rows per backend call (default: the embedder's, 32)")

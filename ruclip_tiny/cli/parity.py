@@ -11,6 +11,8 @@ from ..errors import RuclipTinyError
 
 
 def register(commands) -> None:
+    from runtime.backends import REGISTRY
+
     parser = commands.add_parser(
         "parity", help="compare a backend's outputs with the bundle's stored reference outputs (onnxruntime: no torch)"
     )
@@ -20,7 +22,7 @@ def register(commands) -> None:
     parser.add_argument(
         "--backend",
         default="onnxruntime",
-        choices=["onnxruntime", "torch", "tensorrt", "auto"],
+        choices=[*REGISTRY, "auto"],
         help="what runs the probe (default onnxruntime: the bundle's ONNX graphs)",
     )
     parser.add_argument("--providers", help="onnxruntime providers, comma-separated (cpu, cuda, tensorrt)")

@@ -11,15 +11,17 @@ from .options import add_exif_option, non_negative_float, positive_float, positi
 
 
 def register(commands) -> None:
+    from runtime.backends import BACKENDS, PRECISIONS
+
     parser = commands.add_parser("serve",
                                  help="serve embeddings over HTTP with dynamic batching (needs the serve extra)")
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime intra-op threads (default: its own)")

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ruclip_tiny import spec
-from runtime.bundle import BundleError, artifact_key, fused_key
+from runtime.manifest import BundleError, artifact_key, fused_key
 
 from . import Backend, BackendError
 
@@ -277,7 +277,7 @@ def check_precision(precision: str, device: str) -> None:
 
 
 def artifact_keys(precision: str) -> list[str]:
-    """The manifest keys this backend reads: ``visual.<precision>``, ``textual.<precision>``."""
+    """The manifest keys of the two graphs of ``precision``: ``visual.<precision>``, ``textual.<precision>``."""
     return [artifact_key(encoder, precision) for encoder in spec.ENCODERS]
 
 
@@ -325,12 +325,13 @@ class OnnxRuntimeBackend(Backend):
         fused_attention: str | bool = "auto",
         image_micro_batch: int | str | None = "auto",
         text_micro_batch_tokens: int | str | None = "auto",
-    ) -> "OnnxRuntimeBackend":
+    ) -> OnnxRuntimeBackend:
         """Open ``visual[.fp16].onnx`` and ``textual[.fp16].onnx`` of ``bundle`` (a ``runtime.bundle.Bundle``).
 
         fused_attention: also open the text encoder with ONNX Runtime's fused kernels (``textual.fused.onnx``,
         1.0-1.3x faster on a CPU) for right-padded masks — ``auto``: when the bundle has it for this precision,
-        marked deployable, on the CPU provider (the kernels it was fused for); True: required; False: never.
+        marked deployable, on the CPU provider (the kernels it was fused for); True: required; False: never
+        (``plan_artifacts`` settles ``auto`` for a plan, knowing whether a graph without a passed verdict may run).
         image_micro_batch, text_micro_batch_tokens: run a batch as several ONNX Runtime calls of at most this many
         images, or this many tokens of text (rows = tokens // width, at least 1), so that the activations stay in
         the CPU's caches; rows come back in order and each row's features do not depend on its neighbours.
@@ -351,16 +352,12 @@ class OnnxRuntimeBackend(Backend):
             "execution_mode": execution_mode,
         }
         visual_key, textual_key = artifact_keys(precision)
-        visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key)["path"]), **settings, encoder=spec.VISUAL)
-        textual = OnnxRuntimeEncoder(
-            bundle.path(bundle.artifact(textual_key)["path"]), **settings, encoder=spec.TEXTUAL
-        )
+        visual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(visual_key).path), **settings, encoder=spec.VISUAL)
+        textual = OnnxRuntimeEncoder(bundle.path(bundle.artifact(textual_key).path), **settings, encoder=spec.TEXTUAL)
         fused = None
         fused_graph = fused_textual_key(bundle, precision, fused_attention, providers)
         if fused_graph is not None:
-            fused = OnnxRuntimeEncoder(
-                bundle.path(bundle.artifact(fused_graph)["path"]), **settings, encoder=spec.TEXTUAL
-            )
+            fused = OnnxRuntimeEncoder(bundle.path(bundle.artifact(fused_graph).path), **settings, encoder=spec.TEXTUAL)
         backend = cls(visual, textual, precision, fused, image_micro_batch, text_micro_batch_tokens)
         requested = provider_name(providers[0])
         if backend.providers[0] != requested:
@@ -390,27 +387,30 @@ class OnnxRuntimeBackend(Backend):
     def artifact_key(self, encoder: str) -> str:
         return artifact_key(encoder, self.precision)
 
+    def served_artifacts(self) -> list[str]:
+        fused = [fused_key(spec.TEXTUAL.name, self.precision)] if self.textual_fused is not None else []
+        return [*super().served_artifacts(), *fused]
+
     @staticmethod
     def _run_in_parts(encoder: OnnxRuntimeEncoder, feeds: dict[str, np.ndarray], size: int | None) -> np.ndarray:
         rows = len(next(iter(feeds.values())))
         per_call = even_part_rows(rows, size)
         return encoder.run(feeds) if per_call >= rows else encoder.run_batched(feeds, per_call)
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        feeds = {spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)}
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        feeds = {spec.VISUAL.inputs[0].name: pixels}
         return self._run_in_parts(self._encoder(self.visual), feeds, self.image_micro_batch)
 
     def text_micro_batch(self, width: int) -> int | None:
         """Rows per ONNX Runtime call for texts ``width`` tokens wide (None: the whole batch)."""
         return rows_for_tokens(self.text_micro_batch_tokens, width)
 
-    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         names = [tensor.name for tensor in spec.TEXTUAL.inputs]
-        mask = np.asarray(attention_mask, np.int64)
-        feeds = dict(zip(names, (np.asarray(input_ids, np.int64), mask)))
-        size = self.text_micro_batch(mask.shape[1] if mask.ndim == 2 else 1)
+        feeds = dict(zip(names, (input_ids, attention_mask), strict=True))
+        size = self.text_micro_batch(attention_mask.shape[1])
         # The guard: the fused Attention reads a mask row as a length, so only right-padded masks may reach it.
-        if self.textual_fused is not None and right_padded(mask):
+        if self.textual_fused is not None and right_padded(attention_mask):
             self.fused_calls += 1
             return self._run_in_parts(self.textual_fused, feeds, size)
         self.unfused_calls += 1
@@ -421,23 +421,26 @@ class OnnxRuntimeBackend(Backend):
         self.visual = self.textual = self.textual_fused = None
 
 
-def fused_textual_key(bundle, precision: str, fused_attention, providers) -> str | None:
-    """The manifest key of the fused text graph to open when ``fused_attention`` asks for it and it may be used,
-    else None; with ``fused_attention=True`` a reason not to use it raises BackendError.
+def fused_textual_key(bundle, precision: str, fused_attention, providers, allow_not_deployable: bool = False
+                      ) -> str | None:
+    """The manifest key of the fused text graph to open, else None. ``fused_attention``: True — it is required
+    (BackendError when the bundle has none); ``auto`` — when the bundle has it, the provider is the CPU's (the kernels
+    it was fused for) and it may be deployed (its parity passed, or ``allow_not_deployable``); False — never.
 
-    Its file is verified like the other graphs' (``plan_artifacts`` lists it, and the embedder checks sha256 and
-    I/O): a corrupt fused graph is refused, never skipped.
+    Its file is verified and gated like the other graphs' (``plan_artifacts`` lists it, and the embedder checks
+    deployability, sha256 and I/O): a corrupt fused graph is refused, never skipped.
     """
     if fused_attention not in FUSED_ATTENTION_CHOICES:
         raise BackendError(f"fused_attention must be 'auto', True or False, not {fused_attention!r}")
     if fused_attention is False:
         return None
     key = fused_key(spec.TEXTUAL.name, precision)
-    entry = bundle.artifacts.get(key)
     problem = None
-    if entry is None:
+    if key not in bundle.artifacts:
         problem = f"{bundle.root} has no {key} artifact (re-export the bundle with this version)"
-    elif entry.get("deployable") is not True:
+    elif fused_attention is True:
+        return key
+    elif not (bundle.artifacts[key].usable or allow_not_deployable):
         problem = f"{key} is not marked deployable in {bundle.root}'s manifest (run ruclip-tiny parity)"
     elif provider_name(providers[0]) != "CPUExecutionProvider":
         problem = f"{key} was fused for the CPU provider, not {provider_name(providers[0])}"
@@ -449,11 +452,13 @@ def fused_textual_key(bundle, precision: str, fused_attention, providers) -> str
     return None
 
 
-def plan_artifacts(bundle, precision: str, options: dict) -> list[str]:
-    """The manifest keys a backend planned with ``options`` (providers resolved) will read: both graphs of
-    ``precision``, and the fused text graph when it will be used."""
-    fused = fused_textual_key(bundle, precision, options.get("fused_attention", "auto"), options["providers"])
-    return artifact_keys(precision) + ([fused] if fused is not None else [])
+def plan_artifacts(bundle, precision: str, options: dict, allow_not_deployable: bool) -> tuple[list[str], dict]:
+    """The manifest keys a backend planned with ``options`` (providers resolved) will read — both graphs of
+    ``precision``, and the fused text graph when it will be used — and the options with that settled."""
+    fused = fused_textual_key(bundle, precision, options.get("fused_attention", "auto"), options["providers"],
+                              allow_not_deployable)
+    keys = artifact_keys(precision) + ([fused] if fused is not None else [])
+    return keys, {**options, "fused_attention": fused is not None}
 
 
 def from_bundle(bundle, precision: str = "fp32", **options) -> OnnxRuntimeBackend:

@@ -1,5 +1,6 @@
-"""The ``tensorrt`` backend: a bundle's TensorRT engines, ``engines/<trt-version>_sm<cc>/{visual,textual}.<precision>.plan``,
-run through Polygraphy's ``TrtRunner`` (``pip install 'ruclip-tiny[gpu]'``: tensorrt + polygraphy; no torch).
+"""The ``tensorrt`` backend: a bundle's TensorRT engines,
+``engines/<trt-version>_sm<cc>/{visual,textual}.<precision>.plan``, run through Polygraphy's ``TrtRunner``
+(``pip install 'ruclip-tiny[gpu]'``: tensorrt + polygraphy; no torch).
 
 An engine only runs with the TensorRT version and on the GPU architecture it was built for, so the engines of a
 bundle are keyed by both, in their directory name and in their manifest key (``engine_key``:
@@ -10,8 +11,9 @@ can run a bundle's engines and, when not, says what it found, what it needs and 
 
 Running (``TensorRTEncoder``): one Polygraphy ``TrtRunner`` per engine — its own execution context, its own
 (non-default) CUDA stream, device input buffers and output allocations reused from call to call, input shapes set
-per call inside the optimisation profile. Inputs with more rows than the profile's max batch are cut into chunks
-and reassembled in order. Threads: each encoder has ONE execution context guarded by a lock, so calls from several
+per call inside the optimisation profile; the base class cuts inputs with more rows than the profile's max batch into
+calls and reassembles them in order. Polygraphy's INFO lines are quieted around each of its calls
+(``quiet_polygraphy``). Threads: each encoder has ONE execution context guarded by a lock, so calls from several
 threads are safe and run one at a time per encoder (the two encoders may run at the same time). A context per
 thread would need a copy of the activation memory per thread; for concurrent requests open one backend per worker,
 or serve through Triton.
@@ -19,28 +21,24 @@ or serve through Triton.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ruclip_tiny import spec
-from ruclip_tiny.fileio import file_sha256
+from runtime.manifest import engine_key, parse_engine_key
 
 from . import Backend, BackendError
 
-ENGINES_DIR = "engines"
-ENGINE_FORMAT = "tensorrt"
-TIMING_CACHE = "timing.cache"
 OPTIONS = ()
-# This build runs engines (the earlier slot only found them); kept for callers that test for it.
-RUNNER_AVAILABLE = True
 
 _INSTALL = "pip install 'ruclip-tiny[gpu]'"
 
@@ -112,49 +110,33 @@ def this_machine() -> Machine:
     return Machine(tensorrt_version(), polygraphy_available(), gpu_compute_capability(), gpu_name())
 
 
-# --- where engines live ------------------------------------------------------------------------------------------
+# --- Polygraphy's logging ------------------------------------------------------------------------------------------
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_loud_severity = None
 
 
-def engine_dir_name(trt_version: str, compute_capability: str) -> str:
-    """``10.13.3_sm90``: the directory of the engines one TensorRT version builds for one GPU architecture."""
-    return f"{trt_version}_sm{compute_capability}"
+@contextlib.contextmanager
+def quiet_polygraphy() -> Iterator[None]:
+    """Polygraphy's log at WARNING and above while inside (it logs every build step, activation and shape change at
+    INFO, which a build's own progress or a server's log repeats), restored on leaving. Nested and concurrent uses
+    share one quiet period: the severity returns when the last one leaves."""
+    global _quiet_depth, _loud_severity
+    from polygraphy.logger import G_LOGGER
 
-
-def engine_key(encoder: str, precision: str, trt_version: str, compute_capability: str) -> str:
-    """Manifest key of an engine: ``engines/<trt-version>_sm<cc>/<encoder>.<precision>``."""
-    return f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}/{encoder}.{precision}"
-
-
-def engine_path(encoder: str, precision: str, trt_version: str, compute_capability: str) -> str:
-    """Bundle-relative file of an engine: its key plus ``.plan``."""
-    return engine_key(encoder, precision, trt_version, compute_capability) + ".plan"
-
-
-def timing_cache_path(trt_version: str, compute_capability: str) -> str:
-    """Bundle-relative timing cache, beside the engines it sped up (it is as version- and GPU-bound as they are)."""
-    return f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}/{TIMING_CACHE}"
-
-
-def parse_engine_key(key: str) -> tuple[str, str, str, str] | None:
-    """``(trt_version, compute_capability, encoder, precision)`` of an engine key, None for any other key."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0] != ENGINES_DIR or "_sm" not in parts[1]:
-        return None
-    version, _, capability = parts[1].rpartition("_sm")
-    encoder, _, precision = parts[2].partition(".")
-    if not (version and capability.isdigit() and encoder in spec.ENCODERS and precision):
-        return None
-    return version, capability, encoder, precision
-
-
-def engine_dir(bundle, trt_version: str, compute_capability: str) -> Path:
-    """``BUNDLE/engines/<trt-version>_sm<cc>``: where the engines for one TensorRT version and GPU live."""
-    return bundle.path(f"{ENGINES_DIR}/{engine_dir_name(trt_version, compute_capability)}")
-
-
-def engine_files(bundle, precision: str, trt_version: str, compute_capability: str) -> list[Path]:
-    """The two plans this backend would run: ``{visual,textual}.<precision>.plan`` in ``engine_dir``."""
-    return [bundle.path(engine_path(e, precision, trt_version, compute_capability)) for e in spec.ENCODERS]
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _loud_severity = G_LOGGER.module_severity
+            G_LOGGER.module_severity = G_LOGGER.WARNING
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                G_LOGGER.module_severity = _loud_severity
 
 
 def build_command(bundle, precision: str) -> str:
@@ -189,12 +171,21 @@ def _engines_found(bundle) -> str:
     )
 
 
-def engine_status(bundle, precision: str, machine: Machine | None = None, require_deployable: bool = False) -> EngineStatus:
+def engine_keys(precision: str, machine: Machine) -> list[str]:
+    """The manifest keys of the engines ``machine`` runs at ``precision`` (none without TensorRT or a GPU)."""
+    if machine.tensorrt is None or machine.compute_capability is None:
+        return []
+    return [engine_key(e, precision, machine.tensorrt, machine.compute_capability) for e in spec.ENCODERS]
+
+
+def engine_status(bundle, precision: str, machine: Machine | None = None, require_deployable: bool = False,
+                  verify: bool = True) -> EngineStatus:
     """Whether ``machine`` (default: this one) can run ``bundle``'s ``precision`` engines.
 
     Checked in order: tensorrt installed, polygraphy installed, a GPU, both engines listed in the manifest for this
-    TensorRT version and compute capability, their files present with the size and sha256 the manifest records,
-    and (``require_deployable``, what ``auto`` asks) both marked deployable by parity.
+    TensorRT version and compute capability, their files present (and, with ``verify``, of the size and sha256 the
+    manifest records: each file is hashed once per ``bundle`` object, so the embedder's check that follows reads it
+    no more), and (``require_deployable``, what ``auto`` asks) both marked deployable by parity.
     """
     machine = machine or this_machine()
     build = build_command(bundle, precision)
@@ -204,7 +195,7 @@ def engine_status(bundle, precision: str, machine: Machine | None = None, requir
         return EngineStatus(f"the polygraphy package, which runs the engines, is not installed ({_INSTALL})", [])
     if machine.compute_capability is None:
         return EngineStatus("no NVIDIA GPU found (nvidia-smi does not answer)", [])
-    keys = [engine_key(e, precision, machine.tensorrt, machine.compute_capability) for e in spec.ENCODERS]
+    keys = engine_keys(precision, machine)
     missing = [key for key in keys if key not in bundle.artifacts]
     if missing:
         return EngineStatus(
@@ -215,18 +206,13 @@ def engine_status(bundle, precision: str, machine: Machine | None = None, requir
         )
     for key in keys:
         entry = bundle.artifacts[key]
-        path = bundle.path(entry["path"])
-        if not path.is_file():
-            return EngineStatus(f"{entry['path']} is listed in the manifest but missing; rebuild with: {build}", keys)
-        size = path.stat().st_size
-        if size != entry.get("size") or file_sha256(path) != entry.get("sha256"):
-            return EngineStatus(
-                f"{entry['path']} does not match the manifest ({size} bytes, expected {entry.get('size')}; "
-                f"sha256 differs): corrupt or replaced — rebuild with: {build}",
-                keys,
-            )
+        if not bundle.path(entry.path).is_file():
+            return EngineStatus(f"{entry.path} is listed in the manifest but missing; rebuild with: {build}", keys)
+        problem = bundle.file_problem(entry) if verify else None
+        if problem is not None:
+            return EngineStatus(f"{entry.path} {problem}: corrupt or replaced — rebuild with: {build}", keys)
     if require_deployable:
-        refused = [key for key in keys if bundle.artifacts[key].get("deployable") is not True]
+        refused = [key for key in keys if not bundle.artifacts[key].usable]
         if refused:
             return EngineStatus(
                 f"{', '.join(refused)} not marked deployable (parity failed or never ran; see the manifest's parity "
@@ -236,15 +222,17 @@ def engine_status(bundle, precision: str, machine: Machine | None = None, requir
     return EngineStatus(None, keys)
 
 
-def unavailable_reason(bundle, precision: str) -> str | None:
-    """Why ``auto`` cannot use TensorRT for ``bundle`` at ``precision`` here (None: it can)."""
-    return engine_status(bundle, precision, require_deployable=True).problem
+def unavailable_reason(bundle, precision: str, verify: bool = True) -> str | None:
+    """Why ``auto`` cannot use TensorRT for ``bundle`` at ``precision`` here (None: it can): it takes only engines
+    marked deployable, and (``verify``) whose files match the manifest, so a corrupt engine falls back, never fails."""
+    return engine_status(bundle, precision, require_deployable=True, verify=verify).problem
 
 
 def check_bundle(bundle, precision: str) -> None:
     """Refuse, before anything loads, engines this machine cannot run: raise BackendError saying what was found,
-    what is needed and the command that builds it. (Deployability is the embedder's check: it can be overridden.)"""
-    problem = engine_status(bundle, precision).problem
+    what is needed and the command that builds it. (Deployability and sha256 are the embedder's checks: the first
+    can be overridden, the second skipped.)"""
+    problem = engine_status(bundle, precision, verify=False).problem
     if problem is not None:
         raise BackendError(
             f"TensorRT backend not available: {problem}. Meanwhile use backend='onnxruntime' "
@@ -264,10 +252,14 @@ def check_precision(precision: str, device: str) -> None:
 
 def artifact_keys(precision: str) -> list[str]:
     """The manifest keys of the engines this machine runs (empty without TensorRT or a GPU: nothing can open)."""
-    machine = this_machine()
-    if machine.tensorrt is None or machine.compute_capability is None:
-        return []
-    return [engine_key(e, precision, machine.tensorrt, machine.compute_capability) for e in spec.ENCODERS]
+    return engine_keys(precision, this_machine())
+
+
+def plan_artifacts(bundle, precision: str, options: dict, allow_not_deployable: bool) -> tuple[list[str], dict]:
+    """The two engines of this machine and ``precision`` (refused with ``check_bundle``'s sentence when this machine
+    cannot run them: no TensorRT, no GPU, no such engines in the manifest, a file missing)."""
+    check_bundle(bundle, precision)
+    return artifact_keys(precision), options
 
 
 # --- running -------------------------------------------------------------------------------------------------------
@@ -288,9 +280,9 @@ class TensorRTEncoder:
     """One engine behind an activated runner (Polygraphy's ``TrtRunner``: ``infer(feeds, check_inputs=False)`` ->
     ``{name: array}``), with its inputs' dtypes and profile shapes and its single output.
 
-    ``run(feeds)``: feeds {input name: array [B, ...]} -> float32 [B, 768]; B above the profile's max batch is run
-    in chunks, in order. The runner reuses its host output buffers, so every result is copied out before the lock
-    is released.
+    ``run(feeds)``: feeds {input name: array [B, ...]}, B within the profile (the backend's base class cuts larger
+    inputs into calls) -> float32 [B, 768], cast to the engine's input dtypes first. The runner reuses its host
+    output buffers, so every result is copied out before the lock is released.
     """
 
     def __init__(self, runner, inputs: list[InputBinding], output: str, label: str):
@@ -301,44 +293,19 @@ class TensorRTEncoder:
         self.max_batch = min(binding.max[0] for binding in inputs)
         self._lock = threading.Lock()
 
-    def _checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         if set(feeds) != set(self.inputs):
             raise BackendError(f"{self.label} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
-        checked = {}
-        for name, binding in self.inputs.items():
-            array = np.asarray(feeds[name])
-            if array.ndim != len(binding.max) or array.shape[0] < 1:
-                raise BackendError(
-                    f"{self.label}: input {name} has shape {list(array.shape)}; the engine takes "
-                    f"{len(binding.max)} dimensions and at least one row"
-                )
-            for axis in range(1, array.ndim):  # axis 0 is chunked; every other axis must fit the profile
-                if not binding.min[axis] <= array.shape[axis] <= binding.max[axis]:
-                    raise BackendError(
-                        f"{self.label}: input {name} has {array.shape[axis]} on axis {axis}; the engine's profile "
-                        f"takes {binding.min[axis]}..{binding.max[axis]}"
-                    )
-            checked[name] = np.ascontiguousarray(array, dtype=binding.dtype)
-        rows = {len(array) for array in checked.values()}
-        if len(rows) != 1:
-            raise BackendError(f"{self.label}: inputs must share one number of rows, got {sorted(rows)}")
-        return checked
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        checked = self._checked(feeds)
-        total = len(next(iter(checked.values())))
-        chunks = []
-        for start in range(0, total, self.max_batch):
-            chunk = {name: array[start : start + self.max_batch] for name, array in checked.items()}
-            with self._lock:
-                if self.runner is None:
-                    raise BackendError("this tensorrt backend was closed; load the embedder again")
-                try:
-                    output = self.runner.infer(chunk, check_inputs=False)[self.output]
-                except Exception as exc:  # Polygraphy and TensorRT raise their own types; keep their reason
-                    raise BackendError(f"TensorRT failed to run {self.label}: {exc}") from None
-                chunks.append(np.array(output, dtype=np.float32, copy=True))
-        return np.concatenate(chunks, axis=0)
+        cast = {name: np.ascontiguousarray(feeds[name], dtype=binding.dtype) for name, binding in self.inputs.items()}
+        with self._lock:
+            if self.runner is None:
+                raise BackendError("this tensorrt backend was closed; load the embedder again")
+            try:
+                with quiet_polygraphy():
+                    output = self.runner.infer(cast, check_inputs=False)[self.output]
+            except Exception as exc:  # Polygraphy and TensorRT raise their own types; keep their reason
+                raise BackendError(f"TensorRT failed to run {self.label}: {exc}") from None
+            return np.array(output, dtype=np.float32, copy=True)
 
     def close(self) -> None:
         with self._lock:
@@ -347,23 +314,16 @@ class TensorRTEncoder:
             runner.deactivate()
 
 
-def _quiet_polygraphy() -> None:
-    """Polygraphy logs every activation and shape change at INFO; a server wants warnings and errors only."""
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.module_severity = G_LOGGER.WARNING
-
-
 def open_engine(path: Path, label: str, rebuild: str) -> TensorRTEncoder:
     """Deserialise the plan at ``path`` and activate a ``TrtRunner`` on it (context, stream, buffers)."""
+    import tensorrt as trt
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.datatype import DataType
-    import tensorrt as trt
 
-    _quiet_polygraphy()
     try:
-        engine = EngineFromBytes(BytesFromPath(str(path)))()
+        with quiet_polygraphy():
+            engine = EngineFromBytes(BytesFromPath(str(path)))()
     except Exception as exc:  # PolygraphyException when TensorRT returns no engine (version, corruption, GPU)
         raise BackendError(
             f"TensorRT {trt.__version__} cannot deserialise {path} ({exc}): built by another TensorRT version or "
@@ -382,7 +342,8 @@ def open_engine(path: Path, label: str, rebuild: str) -> TensorRTEncoder:
         raise BackendError(f"{path} has outputs {outputs}; an encoder engine has exactly one — rebuild with: {rebuild}")
     runner = TrtRunner(engine, name=label)
     try:
-        runner.activate()
+        with quiet_polygraphy():
+            runner.activate()
     except Exception as exc:
         raise BackendError(f"TensorRT cannot create an execution context for {path}: {exc}") from None
     return TensorRTEncoder(runner, inputs, outputs[0], label)
@@ -412,12 +373,12 @@ class TensorRTBackend(Backend):
             raise BackendError("this tensorrt backend was closed; load the embedder again")
         return encoder
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encoder(self.visual).run({spec.VISUAL.inputs[0].name: np.asarray(pixels, dtype=np.float32)})
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._encoder(self.visual).run({spec.VISUAL.inputs[0].name: pixels})
 
-    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         names = [tensor.name for tensor in spec.TEXTUAL.inputs]
-        return self._encoder(self.textual).run(dict(zip(names, (input_ids, attention_mask))))
+        return self._encoder(self.textual).run(dict(zip(names, (input_ids, attention_mask), strict=True)))
 
     def describe(self) -> str:
         where = self.machine.describe() if self.machine else "cuda"
@@ -437,12 +398,12 @@ def from_bundle(bundle, precision: str = "fp16", **options) -> TensorRTBackend:
         plan_device(options)
     check_bundle(bundle, precision)
     machine = this_machine()
-    keys = dict(zip(spec.ENCODERS, engine_status(bundle, precision, machine).keys))
+    keys = dict(zip(spec.ENCODERS, engine_keys(precision, machine), strict=True))
     rebuild = build_command(bundle, precision)
     encoders = {}
     try:
         for encoder, key in keys.items():
-            encoders[encoder] = open_engine(bundle.path(bundle.artifacts[key]["path"]), key, rebuild)
+            encoders[encoder] = open_engine(bundle.path(bundle.artifact(key).path), key, rebuild)
     except BaseException:
         for opened in encoders.values():
             opened.close()

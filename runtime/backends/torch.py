@@ -20,11 +20,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from runtime.bundle import REFERENCE_WEIGHTS
+from runtime.manifest import REFERENCE_KEY
 
 from . import Backend, BackendError
 
-REFERENCE_KEY = "reference"
 DEVICES = ("cpu", "cuda")
 OPTIONS = ("device", "threads", "cuda_graphs", "compile")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -67,9 +66,10 @@ def check_precision(precision: str, device: str) -> None:
         )
 
 
-def artifact_keys(precision: str) -> list[str]:
-    """The reference weights, whatever the precision (the FP16 variant is derived from them in memory)."""
-    return [REFERENCE_KEY]
+def plan_artifacts(bundle, precision: str, options: dict, allow_not_deployable: bool) -> tuple[list[str], dict]:
+    """The reference weights, whatever the precision (the FP16 variant is derived from them in memory); they have no
+    parity verdict of their own, so no deployability gate applies."""
+    return [REFERENCE_KEY], options
 
 
 def check_speedups(device: str, cuda_graphs: bool, compile_mode: str | None) -> None:
@@ -77,7 +77,9 @@ def check_speedups(device: str, cuda_graphs: bool, compile_mode: str | None) -> 
     if cuda_graphs and not device.startswith("cuda"):
         raise BackendError(f"cuda_graphs=True needs device='cuda', not {device!r} (CUDA graphs record GPU work)")
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise BackendError(f"compile={compile_mode!r} is not a torch.compile mode; choose one of {', '.join(COMPILE_MODES)}")
+        raise BackendError(
+            f"compile={compile_mode!r} is not a torch.compile mode; choose one of {', '.join(COMPILE_MODES)}"
+        )
     if cuda_graphs and compile_mode is not None:
         raise BackendError(
             "cuda_graphs=True and compile=... do not stack; for compiled code replayed as CUDA graphs use "
@@ -137,7 +139,7 @@ class CudaGraphEncoder:
                 self.graphs[key] = self._record(tensors)
             self.graphs.move_to_end(key)
             graph, static_inputs, static_output = self.graphs[key]
-            for static, tensor in zip(static_inputs, tensors):
+            for static, tensor in zip(static_inputs, tensors, strict=True):
                 static.copy_(tensor)
             graph.replay()
             return static_output.clone()
@@ -178,7 +180,7 @@ class TorchBackend(Backend):
         threads: int | None = None,
         cuda_graphs: bool = False,
         compile: str | None = None,
-    ) -> "TorchBackend":
+    ) -> TorchBackend:
         """Build the reference from ``bundle``'s ``reference.safetensors``.
 
         device: "cpu", "cuda" or "cuda:N" (None: cuda when available); threads: ``torch.set_num_threads``
@@ -202,14 +204,14 @@ class TorchBackend(Backend):
         from ruclip_tiny.errors import CheckpointError
         from ruclip_tiny.model import RuCLIPTiny
 
-        entry = bundle.artifacts.get(REFERENCE_KEY, {"path": REFERENCE_WEIGHTS})
-        path = bundle.path(entry["path"])
-        checkpoint = bundle.manifest.get("checkpoint", {})
+        entry = bundle.artifact(REFERENCE_KEY)
+        path = bundle.path(entry.path)
+        checkpoint = bundle.manifest.checkpoint
         info = CheckpointInfo(
-            synthetic=bool(checkpoint.get("synthetic", False)),
+            synthetic=bundle.synthetic,
             path=str(path),
-            sha256=entry.get("sha256"),
-            seed=checkpoint.get("seed"),
+            sha256=entry.sha256,
+            seed=checkpoint.seed if checkpoint is not None else None,
         )
         try:
             model = attach_state_dict(RuCLIPTiny(), read_state_dict(path), info)
@@ -234,16 +236,17 @@ class TorchBackend(Backend):
             tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
             return self.encoders[encoder](*tensors).float().cpu().numpy()
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._run("visual", np.asarray(pixels, dtype=np.float32))
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run("visual", pixels)
 
-    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self._run("textual", np.asarray(input_ids, dtype=np.int64), np.asarray(attention_mask, dtype=np.int64))
+    def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._run("textual", input_ids, attention_mask)
 
     def describe(self) -> str:
         import torch
 
-        how = " with CUDA graphs" if self.cuda_graphs else f" compiled ({self.compile_mode})" if self.compile_mode else ""
+        how = f" compiled ({self.compile_mode})" if self.compile_mode else ""
+        how = " with CUDA graphs" if self.cuda_graphs else how
         return f"torch {torch.__version__} {self.precision} on {self.device}{how}"
 
     def close(self) -> None:

@@ -178,7 +178,7 @@ def run_bench(
         "schema_version": BENCH_SCHEMA_VERSION,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(bundle.root),
-        "synthetic": bool((bundle.manifest.get("checkpoint") or {}).get("synthetic", bundle.manifest.get("synthetic"))),
+        "synthetic": bundle.synthetic,
         "machine": {
             "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),

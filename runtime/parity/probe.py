@@ -69,7 +69,7 @@ def _verify_probe_files(bundle: Bundle) -> None:
     """Check the probe files parity reads against the size and sha256 the manifest lists for them
     (``manifest["probe"]["files"]``): a changed reference would silently move every verdict, so a probe file the
     manifest does not vouch for is refused too."""
-    listed = {entry["path"]: entry for entry in (bundle.manifest.get("probe") or {}).get("files", [])}
+    listed = {entry.path: entry for entry in (bundle.manifest.probe.files if bundle.manifest.probe else [])}
     for relative in (PROBE_INPUTS, PROBE_REFERENCE):
         if relative not in listed:
             raise BundleError(

@@ -8,6 +8,7 @@ import numpy as np
 
 from ruclip_tiny.fileio import atomic_write_json
 from runtime.bundle import MANIFEST, PARITY_DIR, Bundle, BundleError, artifact_key, contained_path
+from runtime.manifest import ParityRecord
 from runtime.parity.plot import write_error_plot
 from runtime.parity.probe import Probe
 from runtime.parity.results import DIRECTIONS, ParityReport, Written
@@ -53,14 +54,13 @@ def _write_files(root: Path, report: ParityReport, features: dict[str, np.ndarra
 
     # Re-read the manifest just before rewriting it, so that what another command added meanwhile survives.
     bundle = Bundle.load(root)
-    parity = bundle.manifest.setdefault("parity", {})
     for key, entry in report.results.items():
         if entry.kind == "artifact":
             if key in bundle.artifacts:
-                bundle.artifacts[key]["deployable"] = entry.passed
+                bundle.artifacts[key].deployable = entry.passed
             elif key == artifact_key(entry.encoder, entry.precision):
                 continue  # a graph the manifest lacks: nothing to mark, the failure is in the report
-        parity[key] = entry.to_json()
+        bundle.manifest.parity[key] = ParityRecord.from_result(entry.to_json())
     bundle.write_manifest()
     return written
 

@@ -88,17 +88,17 @@ def _onnxruntime_runs(
     runs = []
     keys = [(artifact_key(e.name, precision), e) for e in (spec.VISUAL, spec.TEXTUAL)]
     keys += [
-        (key, spec.ENCODERS[entry["encoder"]])
+        (key, spec.ENCODERS[entry.encoder])
         for key, entry in bundle.artifacts.items()
-        if entry.get("fused_variant_of") in {main for main, _ in keys} and entry.get("encoder") in spec.ENCODERS
+        if entry.fused_variant_of in {main for main, _ in keys} and entry.encoder in spec.ENCODERS
     ]
     for key, encoder_spec in keys:
         run = EncoderRun(key, encoder_spec, None, BACKEND, provider=provider_name(providers[0]))  # until it opens
         try:
             manifest_entry = bundle.artifact(key)
-            run.file, run.sha256 = manifest_entry["path"], manifest_entry.get("sha256")
+            run.file, run.sha256 = manifest_entry.path, manifest_entry.sha256
             bundle.verify([key])
-            encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry["path"]), providers=providers, encoder=encoder_spec)
+            encoder = OnnxRuntimeEncoder(bundle.path(manifest_entry.path), providers=providers, encoder=encoder_spec)
         except (BundleError, BackendError) as exc:
             run.error = str(exc)
             runs.append(run)
@@ -146,7 +146,7 @@ def _backend_runs(
                          device=opened.device, backend_description=opened.describe())
         if manifest_key in bundle.artifacts:
             entry = bundle.artifacts[manifest_key]
-            run.file, run.sha256 = entry.get("path"), entry.get("sha256")
+            run.file, run.sha256 = entry.path, entry.sha256
         runs.append(run)
     return runs, opened
 

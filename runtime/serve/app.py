@@ -35,7 +35,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from ruclip_tiny import spec
 from runtime.embedder import Embedder, l2_normalize, zero_shot_probabilities
 from runtime.serve.batching import BatcherClosed, QueueFull
 from runtime.serve.info import server_info
@@ -120,7 +119,7 @@ def create_app(
         return request.scope.get("state", {}).get("arrivals", {}).get(kind)
 
     def header(embedder: Embedder) -> dict:
-        return {"model": embedder.bundle.manifest.get("model_id", spec.MODEL_ID), "synthetic": embedder.synthetic}
+        return {"model": embedder.bundle.manifest.model_id, "synthetic": embedder.synthetic}
 
     @app.post("/v1/embeddings/text", responses={200: {"model": TextResponse}})
     @submits_to("text")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ruclip_tiny import spec
 from runtime.embedder import Embedder
 from runtime.serve.service import EmbeddingService
 
@@ -29,21 +28,18 @@ def server_info(service: EmbeddingService) -> dict:
 
 
 def describe_embedder(embedder: Embedder) -> dict:
-    """Model, synthetic, backend, precision, device, dim, logit scale and the parity status of the served
-    artifacts, from the manifest."""
+    """Model, synthetic, backend, precision, device, dim, logit scale and the parity status of the artifacts the
+    backend serves (it says which: ``Backend.served_artifacts``), from the manifest."""
     manifest = embedder.bundle.manifest
     backend = embedder.backend
     parity = {}
-    for key, entry in manifest.get("artifacts", {}).items():
-        if not key.endswith(f".{embedder.precision}") or entry.get("format") not in (None, "onnx", "plan"):
-            continue
-        result = manifest.get("parity", {}).get(key)
+    for key in backend.served_artifacts():
         parity[key] = {
-            "deployable": entry.get("deployable"),
-            "passed": None if not isinstance(result, dict) else not result.get("failures"),
+            "deployable": manifest.artifacts[key].deployable,
+            "passed": not manifest.parity[key].failures if key in manifest.parity else None,
         }
     return {
-        "model": manifest.get("model_id", spec.MODEL_ID),
+        "model": manifest.model_id,
         "synthetic": embedder.synthetic,
         "backend": backend.name,
         "precision": embedder.precision,

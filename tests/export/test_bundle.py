@@ -20,7 +20,7 @@ from tests.export.older_bundle import ENGINE, INTERRUPTED_WRITE, RETIRED_ARTIFAC
 
 def test_manifest_describes_every_artifact_and_they_verify(exported_bundle):
     bundle = Bundle.load(exported_bundle)
-    manifest = bundle.manifest
+    manifest = bundle.manifest.to_json()
     assert manifest["synthetic"] is True
     assert manifest["checkpoint"] == {"source": "synthetic", "synthetic": True, "seed": 0, "sha256": None}
     assert manifest["embedding_dim"] == 768 and manifest["tokenizer"]["demo_vocabulary"] is True
@@ -45,7 +45,7 @@ def test_force_replaced_the_old_directory_with_a_complete_bundle(exported_bundle
 
 
 def test_every_graph_passed_parity_and_is_deployable(exported_bundle):
-    manifest = Bundle.load(exported_bundle).manifest
+    manifest = Bundle.load(exported_bundle).manifest.to_json()
     for key in ("visual.fp32", "textual.fp32", "visual.fp16", "textual.fp16", "textual.fp32.fused"):
         assert manifest["artifacts"][key]["deployable"] is True, key
         assert manifest["parity"][key]["passed"] is True, key
@@ -143,7 +143,7 @@ def test_parity_fails_when_a_weight_is_scaled_by_one_percent(exported_bundle, tm
     import onnx
     from onnx import numpy_helper
 
-    from runtime.bundle import describe_file
+    from runtime.manifest import FileEntry
 
     copy = _copy(exported_bundle, tmp_path)
     graph = onnx.load(copy / "textual.onnx")
@@ -152,12 +152,13 @@ def test_parity_fails_when_a_weight_is_scaled_by_one_percent(exported_bundle, tm
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.01), weight.name))
     onnx.save(graph, copy / "textual.onnx")
     bundle = Bundle.load(copy)  # the manifest is updated too, so only parity can tell
-    entry = bundle.manifest["artifacts"]["textual.fp32"]
-    entry.update(describe_file(copy, entry["path"]))
+    entry = bundle.artifact("textual.fp32")
+    measured = FileEntry.describe(copy, entry.path)
+    entry.size, entry.sha256 = measured.size, measured.sha256
     bundle.write_manifest()
     result = _parity_cli(copy, "--precision", "fp32")
     assert result.returncode == 1, result.stdout + result.stderr
-    manifest = Bundle.load(copy).manifest
+    manifest = Bundle.load(copy).manifest.to_json()
     assert manifest["artifacts"]["textual.fp32"]["deployable"] is False
     assert manifest["artifacts"]["visual.fp32"]["deployable"] is True
 

@@ -13,9 +13,10 @@ import sys
 import pytest
 
 from export import tensorrt as engines
-from ruclip_tiny import spec
+from ruclip_tiny import cli, spec
 from runtime.backends import tensorrt as trt_backend
 from runtime.bundle import Bundle, BundleError
+from runtime.manifest import ENGINE_FORMAT, ParityRecord
 from tests.runtime.fake_bundle import build_fake_bundle, flip_byte
 
 H200 = trt_backend.Machine("11.4.0", True, "90", "NVIDIA H200")
@@ -96,7 +97,7 @@ class FakeBuilder:
         self.calls = []
         self.fail_on = fail_on
 
-    def __call__(self, onnx_path, profiles, workspace_gib, cache):
+    def __call__(self, onnx_path, profiles, workspace_gib, cache, stream=None):
         self.calls.append((onnx_path.name, profiles, workspace_gib, cache))
         if self.fail_on and onnx_path.name.startswith(self.fail_on):
             raise engines.EngineBuildError(f"TensorRT could not build {onnx_path.name}")
@@ -112,10 +113,10 @@ def parity_passing(*passing):
         bundle = Bundle.load(root)
         results = {}
         for key, entry in bundle.artifacts.items():
-            if entry.get("format") == trt_backend.ENGINE_FORMAT and entry["precision"] == precision:
-                entry["deployable"] = entry["encoder"] in passing
-                results[key] = {"passed": entry["deployable"]}
-                bundle.manifest.setdefault("parity", {})[key] = results[key]
+            if entry.format == ENGINE_FORMAT and entry.precision == precision:
+                entry.deployable = entry.encoder in passing
+                results[key] = {"passed": entry.deployable}
+                bundle.manifest.parity[key] = ParityRecord(passed=entry.deployable)
         bundle.write_manifest()
         return {"passed": all(r["passed"] for r in results.values()), "results": results}
 
@@ -130,7 +131,7 @@ def test_engines_are_written_under_their_key_and_recorded_with_what_they_were_bu
     )
     assert [call[0] for call in builder.calls] == ["visual.fp16.onnx", "textual.fp16.onnx"]
     assert {call[3] for call in builder.calls} == {fake_bundle / "engines/11.4.0_sm90/timing.cache"}
-    assert result["failed"] == []
+    assert result.failed == []
     manifest = json.loads((fake_bundle / "manifest.json").read_text())
     entry = manifest["artifacts"]["engines/11.4.0_sm90/textual.fp16"]
     assert entry["path"] == "engines/11.4.0_sm90/textual.fp16.plan"
@@ -141,7 +142,7 @@ def test_engines_are_written_under_their_key_and_recorded_with_what_they_were_bu
     assert entry["builder"]["workspace_gib"] == 2 and entry["builder"]["strongly_typed"] is True
     assert entry["max_batch"] == 64 and entry["deployable"] is True
     assert "engines/11.4.0_sm90" in manifest["tensorrt_timing_caches"]
-    Bundle.load(fake_bundle).verify(list(result["engines"]))  # size and sha256 match the files
+    Bundle.load(fake_bundle).verify(list(result.engines))  # size and sha256 match the files
     assert sorted(p.name for p in (fake_bundle / "engines/11.4.0_sm90").iterdir()) == [
         "textual.fp16.plan", "timing.cache", "visual.fp16.plan"
     ]
@@ -152,17 +153,17 @@ def test_an_engine_failing_parity_is_kept_but_not_deployable_and_the_command_exi
     monkeypatch.setattr(engines, "build_plan", FakeBuilder())
     monkeypatch.setattr(engines, "run_engine_parity", parity_passing("visual"))
     monkeypatch.setattr("runtime.parity.format_table", lambda report: "parity table")
-    assert engines.build_engines_command(str(fake_bundle)) == 1
+    assert cli.main(["build-engines", str(fake_bundle)]) == 1
     out = capsys.readouterr().out
     assert "PARITY FAILED for engines/11.4.0_sm90/textual.fp16" in out and "kept for inspection" in out
     artifacts = Bundle.load(fake_bundle).artifacts
-    assert artifacts["engines/11.4.0_sm90/visual.fp16"]["deployable"] is True
-    assert artifacts["engines/11.4.0_sm90/textual.fp16"]["deployable"] is False
+    assert artifacts["engines/11.4.0_sm90/visual.fp16"].deployable is True
+    assert artifacts["engines/11.4.0_sm90/textual.fp16"].deployable is False
     assert (fake_bundle / "engines/11.4.0_sm90/textual.fp16.plan").is_file()
 
     monkeypatch.setattr(engines, "run_engine_parity", parity_passing("visual", "textual"))
-    assert engines.build_engines_command(str(fake_bundle)) == 0
-    assert Bundle.load(fake_bundle).artifacts["engines/11.4.0_sm90/textual.fp16"]["deployable"] is True
+    assert cli.main(["build-engines", str(fake_bundle)]) == 0
+    assert Bundle.load(fake_bundle).artifacts["engines/11.4.0_sm90/textual.fp16"].deployable is True
 
 
 def test_a_failed_build_leaves_no_plan_and_no_manifest_entry(fake_bundle):
@@ -181,8 +182,8 @@ def test_a_rebuild_replaces_the_entry_and_drops_the_old_verdict(fake_bundle):
                           timer=quiet)
     engines.build_engines(fake_bundle, machine=H200, builder=FakeBuilder(), check_parity=False, timer=quiet)
     bundle = Bundle.load(fake_bundle)
-    assert bundle.artifacts["engines/11.4.0_sm90/visual.fp16"]["deployable"] is False
-    assert "engines/11.4.0_sm90/visual.fp16" not in bundle.manifest.get("parity", {})
+    assert bundle.artifacts["engines/11.4.0_sm90/visual.fp16"].deployable is False
+    assert "engines/11.4.0_sm90/visual.fp16" not in bundle.manifest.parity
 
 
 def test_engines_are_built_only_from_graphs_that_match_the_manifest(fake_bundle):

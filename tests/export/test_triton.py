@@ -27,7 +27,7 @@ from export.triton import (  # noqa: E402
 from ruclip_tiny import spec  # noqa: E402
 from ruclip_tiny.cli import main  # noqa: E402
 from ruclip_tiny.fileio import file_sha256  # noqa: E402
-from runtime.bundle import BundleError  # noqa: E402
+from runtime.bundle import Bundle, BundleError  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 
 ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16"}
@@ -58,13 +58,23 @@ def fake_bundle(tmp_path) -> Path:
 
 
 def fake_engines(bundle: Path, engines: dict[str, list[str]], precision: str = "fp16") -> None:
-    """Placeholder plans under ``engines/<trt>_sm<cc>/``: the writer copies plans and never reads their content."""
+    """Placeholder plans under ``engines/<trt>_sm<cc>/``, recorded in the manifest as build-engines records them
+    (marked deployable, as after a passed parity run): the writer copies plans and never reads their content."""
+    from export.tensorrt import engine_entry, profile_shapes, record_engine
+    from runtime.backends.tensorrt import Machine
+    from runtime.manifest import engine_key, engine_path
+
     for trt_version, capabilities in engines.items():
         for cc in capabilities:
-            directory = bundle / "engines" / f"{trt_version}_sm{cc}"
-            directory.mkdir(parents=True, exist_ok=True)
+            machine = Machine(trt_version, True, cc, "a GPU")
             for encoder in spec.ENCODERS:
-                (directory / f"{encoder}.{precision}.plan").write_bytes(f"fake plan {encoder} sm{cc}".encode())
+                relative = engine_path(encoder, precision, trt_version, cc)
+                (bundle / relative).parent.mkdir(parents=True, exist_ok=True)
+                (bundle / relative).write_bytes(f"fake plan {encoder} sm{cc}".encode())
+                source = Bundle.load(bundle).artifact(f"{encoder}.{precision}")
+                entry = engine_entry(bundle, encoder, precision, machine, profile_shapes(encoder), source, {}, 0.0)
+                entry.deployable = True
+                record_engine(bundle, engine_key(encoder, precision, trt_version, cc), entry)
 
 
 def test_onnxruntime_repository_configs_parse_with_tritons_schema_and_match_the_graphs(exported_bundle, tmp_path):

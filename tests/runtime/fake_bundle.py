@@ -15,6 +15,7 @@ Tests use ``build_fake_bundle`` and the tampering helpers below; the probe refer
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -27,6 +28,7 @@ from ruclip_tiny import spec
 from ruclip_tiny.fileio import atomic_write_json
 from runtime import bundle as bundle_layout
 from runtime.backends.onnxruntime import OnnxRuntimeEncoder
+from runtime.manifest import FileEntry
 
 OPSET = 18
 VOCAB = 50
@@ -171,7 +173,7 @@ def write_tokenizer(root: Path) -> list[dict]:
     ]
 
 
-def _graph_entry(root: Path, encoder: str, precision: str) -> dict:
+def _graph_entry(root: Path, encoder: str, precision: str, deployable: bool) -> dict:
     encoder_spec = spec.ENCODERS[encoder]
     return bundle_layout.describe_file(
         root,
@@ -181,6 +183,7 @@ def _graph_entry(root: Path, encoder: str, precision: str) -> dict:
         format="onnx",
         inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in encoder_spec.inputs],
         outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.symbolic_shape} for t in encoder_spec.outputs],
+        deployable=deployable,
     )
 
 
@@ -190,9 +193,11 @@ def build_fake_bundle(
     texts: int = 8,
     seed: int = 0,
     precisions: tuple[str, ...] = bundle_layout.PRECISIONS,
+    deployable: bool = True,
 ) -> Path:
     """Write a fake bundle (four graphs, tokenizer, probe, manifest with sha256 entries) into ``root``; return
-    ``root``."""
+    ``root``. Its graphs are marked ``deployable`` (their parity passes: the probe reference is the fp32 graphs'
+    output)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     weights = fake_weights(seed)
@@ -232,7 +237,7 @@ def build_fake_bundle(
             ],
         },
         "artifacts": {
-            bundle_layout.artifact_key(encoder, precision): _graph_entry(root, encoder, precision)
+            bundle_layout.artifact_key(encoder, precision): _graph_entry(root, encoder, precision, deployable)
             for precision in precisions
             for encoder in builders
         },
@@ -258,7 +263,8 @@ def refresh_manifest_entry(root: str | Path, key: str) -> None:
     """Re-describe one artifact (size, sha256) so a changed file passes ``Bundle.verify``."""
     loaded = bundle_layout.Bundle.load(root)
     entry = loaded.artifact(key)
-    loaded.artifacts[key] = {**entry, **bundle_layout.describe_file(loaded.root, entry["path"])}
+    measured = FileEntry.describe(loaded.root, entry.path)
+    entry.size, entry.sha256 = measured.size, measured.sha256
     loaded.write_manifest()
 
 
@@ -281,12 +287,11 @@ def add_fused_textual(root: str | Path, precision: str = "fp32", deployable: boo
     target.write_bytes(source.read_bytes())
     loaded = bundle_layout.Bundle.load(root)
     main = bundle_layout.artifact_key(spec.TEXTUAL.name, precision)
-    loaded.artifacts[key] = {
-        **loaded.artifact(main),
-        **bundle_layout.describe_file(root, target.name),
-        "fused_variant_of": main,
-        "deployable": deployable,
-    }
+    measured = FileEntry.describe(root, target.name)
+    loaded.artifacts[key] = dataclasses.replace(
+        loaded.artifact(main), path=measured.path, size=measured.size, sha256=measured.sha256,
+        fused_variant_of=main, deployable=deployable,
+    )
     loaded.write_manifest()
     return key
 
@@ -303,9 +308,7 @@ def edit_manifest(root: str | Path, edit) -> None:
 def refresh_probe_entries(root: str | Path) -> None:
     """Re-describe the probe files (size, sha256) in the manifest, so a changed probe passes the sha256 check."""
     loaded = bundle_layout.Bundle.load(root)
-    loaded.manifest["probe"]["files"] = [
-        bundle_layout.describe_file(loaded.root, entry["path"]) for entry in loaded.manifest["probe"]["files"]
-    ]
+    loaded.manifest.probe.files = [FileEntry.describe(loaded.root, entry.path) for entry in loaded.manifest.probe.files]
     loaded.write_manifest()
 
 

@@ -198,8 +198,8 @@ def test_verify_catches_a_flipped_byte(exported_bundle, tmp_path):
 def test_a_not_deployable_artifact_is_refused_unless_allowed(exported_bundle, tmp_path):
     copy = _light_copy(exported_bundle, tmp_path / "bundle")
     bundle = Bundle.load(copy)
-    bundle.artifacts["visual.fp32"]["deployable"] = False
-    bundle.manifest["parity"]["visual.fp32"]["failures"] = ["min row cosine 0.99 < 0.99999"]
+    bundle.artifacts["visual.fp32"].deployable = False
+    bundle.manifest.parity["visual.fp32"].failures = ["min row cosine 0.99 < 0.99999"]
     bundle.write_manifest()
     with pytest.raises(BundleError) as caught:
         Embedder.load(copy, backend="onnxruntime", precision="fp32")
@@ -311,7 +311,7 @@ WRONG_IO = [_fixed_batch_visual, _larger_pixels_visual, _narrow_features_visual,
 def test_a_replaced_graph_with_other_io_is_refused_at_load_even_with_its_sha256_fixed(tmp_path, replacement):
     root = fake_bundle.build_fake_bundle(tmp_path / "bundle")
     key, graph, problem = replacement(fake_bundle.fake_weights())
-    path = root / Bundle.load(root).artifact(key)["path"]
+    path = root / Bundle.load(root).artifact(key).path
     onnx.save(graph, str(path))
     fake_bundle.refresh_manifest_entry(root, key)  # the sha256 check passes: only the I/O check can tell
     with pytest.raises(BundleError) as caught:

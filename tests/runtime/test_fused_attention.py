@@ -13,7 +13,8 @@ import pytest
 
 from runtime.backends import BackendError, open_backend
 from runtime.backends.onnxruntime import right_padded
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, NotDeployableError
+from runtime.embedder import Embedder
 
 FUSED_KEY = "textual.fp32.fused"
 
@@ -47,7 +48,7 @@ def test_right_padded_accepts_only_ones_then_zeros():
 
 
 def test_the_export_fused_every_self_attention_layer_and_parity_marked_it_deployable(exported_bundle):
-    entry = Bundle.load(exported_bundle).artifacts[FUSED_KEY]
+    entry = Bundle.load(exported_bundle).artifacts[FUSED_KEY].to_json()
     assert entry["fused_variant_of"] == "textual.fp32" and entry["mask"] == "right-padded"
     # layers 1-2 are self-attention; the last computes one query row ([CLS]) and stays unfused
     assert entry["export"]["fused_operators"]["Attention"] == 2 and entry["export"]["last_layer"] == "cls-only"
@@ -100,7 +101,7 @@ def linked_bundle(exported_bundle, tmp_path):
 
 def _set_deployable(root, key: str, value: bool) -> None:
     bundle = Bundle.load(root)
-    bundle.artifacts[key]["deployable"] = value
+    bundle.artifacts[key].deployable = value
     bundle.write_manifest()
 
 
@@ -112,7 +113,10 @@ def test_auto_uses_the_fused_graph_only_on_the_cpu_when_deployable(linked_bundle
     _set_deployable(linked_bundle, FUSED_KEY, False)
     with open_backend(Bundle.load(linked_bundle), "onnxruntime", "fp32") as backend:
         assert backend.textual_fused is None
-    with pytest.raises(BackendError, match="fused_attention=True but textual.fp32.fused is not marked deployable"):
-        open_backend(Bundle.load(linked_bundle), "onnxruntime", "fp32", fused_attention=True)
+    # asked for by name, it is gated like every artifact: refused with the one not-deployable message unless allowed
+    with pytest.raises(NotDeployableError, match="artifact textual.fp32.fused .* is marked not deployable"):
+        Embedder.load(linked_bundle, "onnxruntime", "fp32", verify=False, fused_attention=True)
+    with Embedder.load(linked_bundle, "onnxruntime", "fp32", verify=False, allow_not_deployable=True) as embedder:
+        assert embedder.backend.textual_fused is not None  # auto, allowed: used although not deployable
     with pytest.raises(BackendError, match="fused_attention must be"):
         open_backend(Bundle.load(linked_bundle), "onnxruntime", "fp32", fused_attention="yes")

@@ -237,7 +237,7 @@ def test_untouched_bundle_passes_and_is_marked_deployable(bundle_dir, capsys):
     [("visual.fp32", fake_bundle.VISUAL_W1), ("textual.fp16", fake_bundle.TEXTUAL_W1)],
 )
 def test_a_weight_scaled_by_one_percent_fails_that_artifact_only(bundle_dir, capsys, key, initializer):
-    graph = bundle_dir / Bundle.load(bundle_dir).artifact(key)["path"]
+    graph = bundle_dir / Bundle.load(bundle_dir).artifact(key).path
     fake_bundle.scale_initializer(graph, initializer, 1.01)
     fake_bundle.refresh_manifest_entry(bundle_dir, key)  # so the sha256 check does not catch it first
 
@@ -378,17 +378,17 @@ def _fake_engine_module(noise: float = 0.0):
         def artifact_key(self, encoder):
             return ENGINE_KEYS[encoder]
 
-        def encode_pixels(self, pixels):
+        def _encode_pixels(self, pixels):
             features = self.inner.encode_pixels(pixels)
             return features + noise * np.abs(features).max()
 
-        def encode_tokens(self, input_ids, attention_mask):
+        def _encode_tokens(self, input_ids, attention_mask):
             return self.inner.encode_tokens(input_ids, attention_mask)
 
     return SimpleNamespace(
         plan_device=lambda options: ("cuda", options),
         check_precision=lambda precision, device: None,
-        artifact_keys=lambda precision: list(ENGINE_KEYS.values()),
+        plan_artifacts=lambda bundle, precision, options, allow: (list(ENGINE_KEYS.values()), options),
         from_bundle=lambda bundle, precision, **options: EngineLike(bundle, precision),
     )
 
@@ -412,11 +412,11 @@ def engine_bundle(bundle_dir, monkeypatch):
             "deployable": False,
         }
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    real_module = runtime.backends._module
+    real_module = runtime.backends.backend_module
     state = {"noise": 0.0}
     monkeypatch.setattr(
         runtime.backends,
-        "_module",
+        "backend_module",
         lambda name: _fake_engine_module(state["noise"]) if name == "tensorrt" else real_module(name),
     )
     return bundle_dir, state

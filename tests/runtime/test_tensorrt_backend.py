@@ -14,6 +14,7 @@ import pytest
 
 from export import tensorrt as engines
 from ruclip_tiny import spec
+from runtime import manifest as layout
 from runtime.backends import BackendError, plan_backend
 from runtime.backends import tensorrt as trt_backend
 from runtime.bundle import Bundle, BundleError
@@ -33,14 +34,14 @@ def add_fake_engines(root, machine=H200, precision="fp16", deployable=True) -> l
     keys = []
     bundle = Bundle.load(root)
     for encoder in spec.ENCODERS:
-        relative = trt_backend.engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
+        relative = layout.engine_path(encoder, precision, machine.tensorrt, machine.compute_capability)
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(f"plan of {encoder} {machine}".encode() * 100)
         profiles = engines.profile_shapes(encoder)
         source = bundle.artifact(f"{encoder}.{precision}")
         entry = engines.engine_entry(root, encoder, precision, machine, profiles, source, {"max_batch": 256}, 1.0)
-        entry["deployable"] = deployable
-        key = trt_backend.engine_key(encoder, precision, machine.tensorrt, machine.compute_capability)
+        entry.deployable = deployable
+        key = layout.engine_key(encoder, precision, machine.tensorrt, machine.compute_capability)
         engines.record_engine(root, key, entry)
         keys.append(key)
     return keys
@@ -54,13 +55,13 @@ def on_machine(monkeypatch, machine: trt_backend.Machine) -> None:
 
 
 def test_engine_keys_paths_and_cache_are_keyed_by_tensorrt_version_and_compute_capability():
-    key = trt_backend.engine_key("visual", "fp16", "11.4.0", "90")
+    key = layout.engine_key("visual", "fp16", "11.4.0", "90")
     assert key == "engines/11.4.0_sm90/visual.fp16"
-    assert trt_backend.engine_path("textual", "fp32", "10.13.3.9", "86") == "engines/10.13.3.9_sm86/textual.fp32.plan"
-    assert trt_backend.timing_cache_path("11.4.0", "90") == "engines/11.4.0_sm90/timing.cache"
-    assert trt_backend.parse_engine_key(key) == ("11.4.0", "90", "visual", "fp16")
+    assert layout.engine_path("textual", "fp32", "10.13.3.9", "86") == "engines/10.13.3.9_sm86/textual.fp32.plan"
+    assert layout.timing_cache_path("11.4.0", "90") == "engines/11.4.0_sm90/timing.cache"
+    assert layout.parse_engine_key(key) == ("11.4.0", "90", "visual", "fp16")
     for other in ("visual.fp16", "engines/11.4.0/visual.fp16", "engines/11.4.0_sm90/audio.fp16", "reference"):
-        assert trt_backend.parse_engine_key(other) is None
+        assert layout.parse_engine_key(other) is None
 
 
 # --- decisions -----------------------------------------------------------------------------------------------------
@@ -196,12 +197,19 @@ def text_encoder(runner, max_batch=4, dtype=np.int32):
     return trt_backend.TensorRTEncoder(runner, bindings, runner.output, "engines/x_sm90/textual.fp16")
 
 
+def text_backend(runner, max_batch=4) -> trt_backend.TensorRTBackend:
+    """A backend whose engines are FakeRunners (the visual one unused), as ``from_bundle`` pairs them."""
+    return trt_backend.TensorRTBackend(
+        text_encoder(FakeRunner(), max_batch), text_encoder(runner, max_batch), "fp16", {"textual": "t"}, H200
+    )
+
+
 def test_rows_above_the_profile_max_batch_are_chunked_in_order_and_cast_to_the_engine_dtypes():
     runner = FakeRunner()
-    encoder = text_encoder(runner, max_batch=4)
+    backend = text_backend(runner, max_batch=4)
     ids = np.arange(11 * 5, dtype=np.int64).reshape(11, 5)
     mask = np.ones_like(ids)
-    features = encoder.run({"input_ids": ids, "attention_mask": mask})
+    features = backend.encode_tokens(ids, mask)
     assert features.shape == (11, spec.EMBED_DIM) and features.dtype == np.float32
     np.testing.assert_array_equal(features[:, 0], 2 * (ids.sum(axis=1) + 5))
     assert [batch["input_ids"][1] for batch in runner.batches] == [(4, 5), (4, 5), (3, 5)]
@@ -218,23 +226,24 @@ def test_results_are_copied_out_of_the_runners_reused_buffer():
 
 def test_shapes_outside_the_profile_and_mismatched_feeds_are_refused_by_name():
     encoder = text_encoder(FakeRunner())
+    backend = text_backend(FakeRunner())
     long = np.ones((2, spec.MAX_TEXT_LENGTH + 1), np.int64)
-    with pytest.raises(BackendError, match=r"input_ids has 78 on axis 1; the engine's profile takes 1\.\.77"):
-        encoder.run({"input_ids": long, "attention_mask": long})
+    with pytest.raises(BackendError, match=r"input_ids has 78 tokens per row; the text encoder takes 1\.\.77"):
+        backend.encode_tokens(long, long)
     with pytest.raises(BackendError, match="takes inputs"):
         encoder.run({"input_ids": long})
-    with pytest.raises(BackendError, match="share one number of rows"):
-        encoder.run({"input_ids": np.ones((2, 3)), "attention_mask": np.ones((3, 3))})
+    with pytest.raises(BackendError, match=r"must be int64 \[batch, seq\] of one shape, got \[2, 3\] and \[3, 3\]"):
+        backend.encode_tokens(np.ones((2, 3)), np.ones((3, 3)))
 
 
 def test_calls_from_many_threads_are_serialised_and_each_gets_its_own_rows():
     runner = FakeRunner()
-    encoder = text_encoder(runner, max_batch=2)
+    backend = text_backend(runner, max_batch=2)
     results = {}
 
     def work(i):
         ids = np.full((3, 4), i, np.int64)
-        results[i] = encoder.run({"input_ids": ids, "attention_mask": np.zeros_like(ids)})
+        results[i] = backend.encode_tokens(ids, np.zeros_like(ids))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -288,6 +297,6 @@ def test_engines_built_from_the_fake_bundle_match_onnxruntime(fake_bundle):
     np.testing.assert_allclose(
         backend.encode_tokens(ids, mask), reference.encode_tokens(ids, mask), rtol=1e-3, atol=1e-3
     )
-    assert sorted(result["engines"]) == sorted(backend.keys.values())
+    assert sorted(result.engines) == sorted(backend.keys.values())
     backend.close()
 
