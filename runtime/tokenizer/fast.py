@@ -35,7 +35,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from ruclip_tiny.spec import MAX_TEXT_LENGTH
-from ruclip_tiny.tokenizer import checked_texts
+from ruclip_tiny.tokenizer_files import checked_texts
 
 from .files import TokenizerFiles, read_tokenizer_files
 from .unicode_tables import CodePoints, code_point_ranges, python_tables, rewrite_table, rust_mismatches

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ruclip_tiny.errors import TokenizerError
-from ruclip_tiny.tokenizer import (
+from ruclip_tiny.tokenizer_files import (
     DEMO_MARKER_KEY,
     EMBEDDING_ROWS,
     PUBLISHED_TOKENIZER_ID,
