@@ -54,7 +54,6 @@ from runtime.manifest import (
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 TOOLS = ("torch", "timm", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow", "tokenizers")
-STAGING_PREFIX = STAGING_INFIX
 # Directories of a bundle that later commands fill (parity reports, TensorRT engines and their timing caches, the
 # export's own reports): whatever they hold is the bundle's.
 GENERATED_DIRS = ("parity", "engines", "reports")

@@ -156,8 +156,10 @@ def test_info_says_synthetic_backend_precision_and_parity(client):
     info = client.get("/v1/info").json()
     assert info["synthetic"] is True and info["model"] == "ruclip-tiny"
     assert (info["backend"], info["precision"], info["device"]) == ("onnxruntime", "fp32", "cpu")
+    # every artifact the backend serves, the fused text graph it runs for right-padded texts on the CPU included
     assert info["parity"] == {"textual.fp32": {"deployable": True, "passed": True},
-                              "visual.fp32": {"deployable": True, "passed": True}}
+                              "visual.fp32": {"deployable": True, "passed": True},
+                              "textual.fp32.fused": {"deployable": True, "passed": True}}
     assert info["ready"] is True and info["batching"]["enabled"] is True
     assert (info["batching"]["max_batch"], info["batching"]["max_image_batch"]) == (32, 4)
     assert client.get("/healthz").json() == {"status": "ok"}
