@@ -238,7 +238,7 @@ def _tokenizer_entry(tokenizer, files: list[FileEntry]) -> TokenizerEntry:
     })
 
 
-def _fused_textual(model, root: Path, timer: StageTimer) -> dict[str, Artifact]:
+def _fused_textual(model, root: Path, timer: StageTimer, on_line: Callable[[str], None]) -> dict[str, Artifact]:
     """``textual.fused.onnx`` (ONNX Runtime's fused transformer kernels), or nothing when the fusion falls short:
     it is an optional speed-up, never a reason to fail an export."""
     from export.onnxruntime_fusion import FUSED_FILE, FusionError, export_fused_textual
@@ -247,7 +247,7 @@ def _fused_textual(model, root: Path, timer: StageTimer) -> dict[str, Artifact]:
         try:
             facts = export_fused_textual(model, root / FUSED_FILE)
         except FusionError as exc:
-            print(f"  {FUSED_FILE} skipped: {exc}")
+            on_line(f"  {FUSED_FILE} skipped: {exc}")
             return {}
     encoder = spec.TEXTUAL.name
     return {
@@ -267,6 +267,7 @@ def export_bundle(
     run_parity: bool = True,
     timer: StageTimer | None = None,
     on_removed: Callable[[RemovedStaging], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Write a complete bundle to ``out``; returns its manifest. Synthetic weights and the demo vocabulary by default.
 
@@ -275,6 +276,8 @@ def export_bundle(
     exists and is not empty, unless ``force`` is set and ``out`` is a bundle holding nothing but its own files.
     Staging directories that killed exports to ``out`` left behind are removed first; ``on_removed`` is called with
     each. Every OSError ends as an ExportError naming the path and the fix.
+    timer: times the stages (silent unless given a stream); on_line: receives the report lines a person reads (the
+    synthetic-weights note, the activation report, the parity table) — the library prints nothing itself.
     """
     out = Path(out)
     timer = timer or StageTimer()
@@ -285,7 +288,7 @@ def export_bundle(
                 on_removed(removed)
         staging = make_staging_directory(out)
         try:
-            manifest = _build(staging, checkpoint, tokenizer, seed, run_parity, timer)
+            manifest = _build(staging, checkpoint, tokenizer, seed, run_parity, timer, on_line or _silent)
             replace_directory(staging, out, BUNDLE_OWNERSHIP, force)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -295,7 +298,14 @@ def export_bundle(
     return manifest
 
 
-def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool, timer: StageTimer) -> Manifest:
+def _silent(line: str) -> None:
+    pass
+
+
+def _build(
+    root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool, timer: StageTimer,
+    on_line: Callable[[str], None],
+) -> Manifest:
     from export.activations import activation_report, format_activation_report
     from export.onnx import export_encoder
     from export.probe import write_probe
@@ -307,9 +317,9 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
         model = load_model(checkpoint, seed)
         tokenizer = load_tokenizer(tokenizer_source)
     if model.checkpoint_info.synthetic:
-        print(f"  SYNTHETIC weights (seed {seed}): this bundle proves the toolchain, its embeddings mean nothing")
+        on_line(f"  SYNTHETIC weights (seed {seed}): this bundle proves the toolchain, its embeddings mean nothing")
     if tokenizer.is_demo:
-        print("  demo vocabulary: texts are tokenized with the shipped demo WordPiece vocabulary")
+        on_line("  demo vocabulary: texts are tokenized with the shipped demo WordPiece vocabulary")
     with timer.stage(f"writing {REFERENCE_WEIGHTS} and the tokenizer"):
         _write_reference_weights(model, root)
         tokenizer_files = _copy_tokenizer(tokenizer, root)
@@ -326,7 +336,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
                 facts = export_encoder(variants[precision], encoder, root / name, reference=model)
             artifacts[artifact_key(encoder, precision)] = graph_artifact(root, name, encoder, precision, export=facts)
 
-    artifacts.update(_fused_textual(model, root, timer))
+    artifacts.update(_fused_textual(model, root, timer, on_line))
 
     with timer.stage("writing the probe set and reference outputs"):
         probe = write_probe(model, tokenizer, root)
@@ -338,7 +348,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
                 model, tokenizer, inputs["pixels"], inputs["input_ids"], inputs["attention_mask"]
             )
         atomic_write_json(root / "reports" / "activations.json", activations)
-    print(format_activation_report(activations))
+    on_line(format_activation_report(activations))
 
     manifest = Manifest(
         model_id=spec.MODEL_ID,
@@ -364,7 +374,7 @@ def _build(root: Path, checkpoint, tokenizer_source, seed: int, run_parity: bool
 
         with timer.stage("parity of every graph against the reference outputs"):
             report = parity(root, PRECISIONS)
-        print(format_table(report))
+        on_line(format_table(report))
     bundle = Bundle.load(root)
     bundle.manifest.export_seconds = dict(timer.seconds)
     bundle.write_manifest()

@@ -33,14 +33,27 @@ def reference_model(synthetic_state):
 def exported_bundle(tmp_path_factory):
     """ONE full-size bundle per test session (synthetic weights, demo vocabulary), exported with force=True over an
     older bundle (tests/export/older_bundle.py) so that replacement is exercised too. Tests must not modify it: copy
-    it first."""
+    it first. What the export wrote to stdout and handed to ``on_line`` is kept beside it (``export_output``)."""
+    import contextlib
+    import io
+
     from export.bundle import export_bundle
     from tests.export.older_bundle import write_older_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "ruclip-tiny"
     write_older_bundle(out)
-    export_bundle(out, force=True)
+    stdout, lines = io.StringIO(), []
+    with contextlib.redirect_stdout(stdout):
+        export_bundle(out, force=True, on_line=lines.append)
+    (out.parent / "export-stdout.txt").write_text(stdout.getvalue())
+    (out.parent / "export-lines.txt").write_text("\n".join(lines))
     return out
+
+
+@pytest.fixture(scope="session")
+def export_output(exported_bundle) -> dict[str, str]:
+    """What the session's export printed to stdout itself ("stdout") and handed to ``on_line`` ("lines")."""
+    return {name: (exported_bundle.parent / f"export-{name}.txt").read_text() for name in ("stdout", "lines")}
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from export.tensorrt import build_engines
     from runtime.parity import format_table
 
+    from ..progress import StageTimer
+
     root = Path(args.bundle)
     print(f"ruclip-tiny build-engines {root} ({args.precision}, batch 1..{args.max_batch}, opt {args.opt_batch})")
     result = build_engines(
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         opt_sequence=args.opt_seq,
         workspace_gib=args.workspace_gib,
         progress=sys.stdout,
+        timer=StageTimer(sys.stdout),
     )
     if result.parity is not None:
         print(format_table(result.parity))

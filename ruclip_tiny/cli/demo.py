@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..progress import StageTimer
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     check_template(args.template, labels)  # before the model loads: a bad template costs nothing
 
     print("ruclip-tiny demo: zero-shot scores of the reference model")
-    timer = StageTimer()
+    timer = StageTimer(sys.stdout)
     with timer.stage("loading the model"):
         from ..synthetic import load_model
 

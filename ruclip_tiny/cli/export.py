@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..progress import StageTimer
 from .options import TOKENIZER_HELP
@@ -24,11 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from export.bundle import export_bundle
     from runtime.manifest import ONNX_FORMAT
 
-    timer = StageTimer()
+    timer = StageTimer(sys.stdout)
     print(f"ruclip-tiny export -> {args.out}")
     manifest = export_bundle(
         args.out, checkpoint=args.checkpoint, tokenizer=args.tokenizer, force=args.force, seed=args.seed, timer=timer,
-        on_removed=lambda removed: print(f"  {removed.describe()}"),
+        on_removed=lambda removed: print(f"  {removed.describe()}"), on_line=print,
     )
     graphs = {key: entry for key, entry in manifest.artifacts.items() if entry.format == ONNX_FORMAT}
     failed = sorted(key for key, entry in graphs.items() if not entry.usable)

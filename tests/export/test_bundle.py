@@ -52,6 +52,13 @@ def test_every_graph_passed_parity_and_is_deployable(exported_bundle):
     assert (exported_bundle / "parity" / "report.json").is_file()
 
 
+def test_the_library_prints_nothing_and_hands_the_report_lines_to_its_caller(export_output):
+    assert export_output["stdout"] == ""
+    lines = export_output["lines"]
+    assert "SYNTHETIC weights (seed 0)" in lines and "FP16 range, visual" in lines
+    assert "combined.fp32" in lines and "PASS" in lines  # the parity table
+
+
 def test_existing_bundle_is_not_overwritten_without_force(tmp_path):
     target = tmp_path / "bundle"
     target.mkdir()
