@@ -89,7 +89,8 @@ def split_unsqueezes(graph) -> int:
             nodes.append(node)
             continue
         first, second = (
-            helper.make_tensor(f"{node.name}_axis{i}", TensorProto.INT64, [1], [value]) for i, value in enumerate(values)
+            helper.make_tensor(f"{node.name}_axis{i}", TensorProto.INT64, [1], [value])
+            for i, value in enumerate(values)
         )
         graph.graph.initializer.extend([first, second])
         middle = f"{node.output[0]}_first_axis"

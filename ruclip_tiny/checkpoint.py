@@ -81,7 +81,9 @@ def _read_torch(path: Path) -> object:
                 "refusing to execute code from a checkpoint. A checkpoint must hold only tensors: load it once in "
                 "a trusted environment and save model.state_dict() with torch.save or safetensors"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt: its pickle cannot be read ({exc.__class__.__name__})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its pickle cannot be read ({exc.__class__.__name__})"
+        ) from None
     except (EOFError, RuntimeError) as exc:
         if isinstance(exc, EOFError) or "central directory" in str(exc) or "zip archive" in str(exc):
             raise CheckpointError(

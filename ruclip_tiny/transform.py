@@ -32,7 +32,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,7 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ruclip_tiny.errors import ImageDecodeError
 from ruclip_tiny.spec import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 """What ``load_image`` accepts: a path, the encoded bytes, or a binary file object."""
 
 DEFAULT_MAX_IMAGE_PIXELS = 60_000_000
@@ -261,7 +261,8 @@ def _check_pixel_limit(image: Image.Image, label: str, max_pixels: int | None) -
     if max_pixels is not None and width * height > max_pixels:
         raise ImageDecodeError(
             f"{label}: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
-            f"(max_image_pixels; CLI: --max-image-pixels); downscale it first (the model sees {IMAGE_SIZE}x{IMAGE_SIZE})"
+            "(max_image_pixels; CLI: --max-image-pixels); downscale it first "
+            f"(the model sees {IMAGE_SIZE}x{IMAGE_SIZE})"
         )
 
 

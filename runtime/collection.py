@@ -73,10 +73,12 @@ class Collection:
             pq.write_table(table, temporary)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Collection":
+    def load(cls, path: str | os.PathLike) -> Collection:
         path = Path(path)
         if not path.is_file():
-            raise CollectionError(f"collection {path} does not exist; create one with: ruclip-tiny embed BUNDLE ... --out {path}")
+            raise CollectionError(
+                f"collection {path} does not exist; create one with: ruclip-tiny embed BUNDLE ... --out {path}"
+            )
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -179,7 +181,7 @@ def embed_images(embedder, paths: Sequence[Path], normalize: bool = True, batch_
         embeddings, ok, failures = embedder.encode_images_partial(chunk, normalize=normalize, batch_size=batch_size)
         ids += [str(chunk[i]) for i in ok]
         rows.append(embeddings)
-        for index, label, reason in failures:
+        for index, _label, reason in failures:
             failed_ids.append(str(chunk[index]))
             failed_errors.append(reason)
         if progress:
@@ -221,8 +223,8 @@ def classify_images(embedder, paths: Sequence[Path], labels: Sequence[str], temp
     """Zero-shot classify image files against ``labels`` (each put into ``template``), JOB_CHUNK images at a time:
     softmax over labels of ``logit_scale · cosine``, as ``Embedder.classify``; an undecodable file is listed among
     the failures and the other images are still answered."""
-    from runtime.bundle import BundleError
     from ruclip_tiny.template import fill_template
+    from runtime.bundle import BundleError
     from runtime.embedder import zero_shot_probabilities
 
     if embedder.logit_scale is None:

@@ -105,7 +105,9 @@ def main() -> None:
             _, pixels[path.name] = preprocess(image)
     out["photo_names"] = np.array([p.name for p in photos])
     names = sorted(cases) + [p.name for p in photos]
-    indices = np.stack([legacy_inputs.sample_indices(legacy_inputs.SAMPLES_PER_IMAGE, size, i) for i in range(len(names))])
+    indices = np.stack(
+        [legacy_inputs.sample_indices(legacy_inputs.SAMPLES_PER_IMAGE, size, i) for i in range(len(names))]
+    )
     out["sample_names"] = np.array(names)
     out["sample_values"] = np.stack([pixels[n].reshape(-1)[idx] for n, idx in zip(names, indices)])
 

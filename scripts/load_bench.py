@@ -130,7 +130,8 @@ async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warm
                     errors += 1
 
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(i, session) for i in range(concurrency)))
     values = np.asarray(latencies) * 1000
     return {

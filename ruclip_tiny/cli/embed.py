@@ -9,7 +9,9 @@ from .options import add_backend_options, add_exif_option, add_pixel_limit_optio
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("embed", help="embed a folder of images or a text file into an .npz/.parquet collection")
+    parser = commands.add_parser(
+        "embed", help="embed a folder of images or a text file into an .npz/.parquet collection"
+    )
     parser.add_argument("bundle", help="bundle directory")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="directories (walked recursively, sorted), globs or files")

@@ -20,7 +20,8 @@ def _reference(model, encoder, feeds):
     with torch.inference_mode():
         if encoder == "visual":
             return model.encode_image(torch.from_numpy(feeds["pixels"])).numpy()
-        return model.encode_text(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+        ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+        return model.encode_text(ids, mask).numpy()
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])

@@ -25,11 +25,12 @@ def test_a_two_axis_unsqueeze_becomes_two_single_axis_ones_with_the_same_result(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     mask = np.array([[1, 1, 0], [1, 0, 0]], np.int64)
-    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"mask": mask})
+    cpu = ["CPUExecutionProvider"]
+    before = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, {"mask": mask})
     assert split_unsqueezes(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Unsqueeze", "Unsqueeze"]
     onnx.checker.check_model(model)
-    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"mask": mask})
+    after = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, {"mask": mask})
     assert after[0].shape == (2, 1, 1, 3)
     np.testing.assert_array_equal(after[0], before[0])
 

@@ -135,7 +135,8 @@ def test_engines_are_written_under_their_key_and_recorded_with_what_they_were_bu
     manifest = json.loads((fake_bundle / "manifest.json").read_text())
     entry = manifest["artifacts"]["engines/11.4.0_sm90/textual.fp16"]
     assert entry["path"] == "engines/11.4.0_sm90/textual.fp16.plan"
-    assert (entry["tensorrt_version"], entry["compute_capability"], entry["gpu_name"]) == ("11.4.0", "90", "NVIDIA H200")
+    machine = (entry["tensorrt_version"], entry["compute_capability"], entry["gpu_name"])
+    assert machine == ("11.4.0", "90", "NVIDIA H200")
     assert entry["profiles"]["input_ids"] == {"min": [1, 1], "opt": [16, 32], "max": [64, 77]}
     assert entry["source"]["artifact"] == "textual.fp16"
     assert entry["source"]["sha256"] == manifest["artifacts"]["textual.fp16"]["sha256"]

@@ -87,7 +87,8 @@ def test_onnxruntime_repository_configs_parse_with_tritons_schema_and_match_the_
         assert config.name == model.name and config.platform == "onnxruntime_onnx"
         assert config.max_batch_size == 32
         assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 500
-        assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+        groups = [(g.count, g.kind) for g in config.instance_group]
+        assert groups == [(2, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
         graph = out / model.name / "1" / "model.onnx"
         assert config.default_model_filename == "model.onnx" and graph.is_file()
         # the graph is the bundle's, byte for byte

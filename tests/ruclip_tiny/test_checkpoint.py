@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ruclip_tiny.checkpoint import load_checkpoint, read_state_dict
-from ruclip_tiny.fileio import file_sha256
 from ruclip_tiny.errors import CheckpointError
+from ruclip_tiny.fileio import file_sha256
 
 
 def _assert_same_weights(model, state):

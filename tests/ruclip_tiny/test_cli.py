@@ -117,8 +117,9 @@ def test_python_dash_m_runs_the_command():
 
 
 def test_license_is_the_apache_2_0_text_pyproject_names():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[2]
     assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"

@@ -1,6 +1,7 @@
 """Opt-in: the published checkpoint and tokenizer, brought by path, give sensible zero-shot results.
 
-Set RUCLIP_TINY_CHECKPOINT=/path/ru-clip-tiny.pkl and RUCLIP_TINY_TOKENIZER=/path/distilrubert-tiny-cased-conversational-v1
+Set RUCLIP_TINY_CHECKPOINT=/path/ru-clip-tiny.pkl and
+RUCLIP_TINY_TOKENIZER=/path/distilrubert-tiny-cased-conversational-v1
 """
 
 from __future__ import annotations

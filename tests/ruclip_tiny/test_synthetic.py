@@ -33,7 +33,10 @@ def test_scales_look_trained_not_initialised(seed0):
     assert gammas.numel() == 96 * 3 + 192 * 3 + 384 * 9 + 768 * 3  # every ConvNeXt block has its layer scale
     assert 0.1 <= gammas.min() and gammas.max() <= 1.0 and gammas.std() > 0.2
     norm_weights = torch.cat(
-        [v for k, v in seed0.items() if k.endswith("weight") and ("norm" in k or "LayerNorm" in k or k == "visual.stem.1.weight")]
+        [
+            v for k, v in seed0.items()
+            if k.endswith("weight") and ("norm" in k or "LayerNorm" in k or k == "visual.stem.1.weight")
+        ]
     )
     assert abs(norm_weights.mean().item() - 1) < 0.01 and 0.08 < norm_weights.std().item() < 0.12
     fc1 = seed0["visual.stages.2.blocks.4.mlp.fc1.weight"]  # [1536, 384]

@@ -351,4 +351,4 @@ def test_runs_without_torch_or_transformers():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "False", f"(3,", f"{MAX_TEXT_LENGTH})"]
+    assert out.stdout.split() == ["False", "False", "(3,", f"{MAX_TEXT_LENGTH})"]

@@ -23,7 +23,10 @@ def fake_bundle(tmp_path):
     ("options", "message"),
     [
         ({"device": "cpu", "cuda_graphs": True}, r"cuda_graphs=True needs device='cuda', not 'cpu'"),
-        ({"device": "cpu", "compile": "fastest"}, r"compile='fastest' is not a torch.compile mode; choose one of default"),
+        (
+            {"device": "cpu", "compile": "fastest"},
+            r"compile='fastest' is not a torch.compile mode; choose one of default",
+        ),
         ({"device": "cuda", "cuda_graphs": True, "compile": "default"}, r"do not stack.*compile='reduce-overhead'"),
     ],
 )
