@@ -122,13 +122,13 @@ def check_build_prerequisites(machine: trt_backend.Machine | None = None) -> trt
     if machine.tensorrt is None:
         raise EngineBuildError(
             "cannot build TensorRT engines: the tensorrt Python package is not installed (or does not import). "
-            "Install it on the machine whose GPU will serve: pip install 'ruclip-tiny[gpu]'. Without TensorRT, "
-            "serve the bundle's ONNX graphs (backend='onnxruntime') or use the torch backend on CUDA"
+            "Install it on the machine whose GPU will serve: pip install '.[gpu]' in a checkout of ruclip-tiny. "
+            "Without TensorRT, serve the bundle's ONNX graphs (backend='onnxruntime') or use the torch backend on CUDA"
         )
     if not machine.polygraphy:
         raise EngineBuildError(
             "cannot build TensorRT engines: polygraphy, which drives the build, is not installed: "
-            "pip install 'ruclip-tiny[gpu]'"
+            "pip install '.[gpu]' in a checkout of ruclip-tiny"
         )
     if machine.compute_capability is None:
         raise EngineBuildError(

@@ -223,8 +223,8 @@ def _require_transformers() -> None:
         import transformers  # noqa: F401
     except ImportError as e:
         raise ImportError(
-            "the reference tokenizer (ruclip_tiny.tokenizer) needs transformers: pip install 'ruclip-tiny[export]'; "
-            "a torch-free deployment tokenizes with the runtime's tokenizer instead"
+            "the reference tokenizer (ruclip_tiny.tokenizer) needs transformers: pip install '.[export]' in a checkout "
+            "of ruclip-tiny; a torch-free deployment tokenizes with the runtime's tokenizer instead"
         ) from e
 
 

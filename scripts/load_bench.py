@@ -162,7 +162,7 @@ def plot(results: list[dict], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plot (pip install 'ruclip-tiny[plots]')")
+        print("matplotlib not installed: no plot (pip install '.[plots]' in a checkout of ruclip-tiny)")
         return
     kinds = sorted({r["kind"] for r in results}, reverse=True)
     figure, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 8), squeeze=False)

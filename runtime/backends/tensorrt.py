@@ -1,6 +1,6 @@
 """The ``tensorrt`` backend: a bundle's TensorRT engines,
 ``engines/<trt-version>_sm<cc>/{visual,textual}.<precision>.plan``, run through Polygraphy's ``TrtRunner``
-(``pip install 'ruclip-tiny[gpu]'``: tensorrt + polygraphy; no torch).
+(``pip install '.[gpu]' in a checkout of ruclip-tiny``: tensorrt + polygraphy; no torch).
 
 An engine only runs with the TensorRT version and on the GPU architecture it was built for, so the engines of a
 bundle are keyed by both, in their directory name and in their manifest key (``engine_key``:
@@ -40,7 +40,7 @@ from . import Backend, BackendError
 
 OPTIONS = ()
 
-_INSTALL = "pip install 'ruclip-tiny[gpu]'"
+_INSTALL = "pip install '.[gpu]' in a checkout of ruclip-tiny"
 
 
 # --- this machine ------------------------------------------------------------------------------------------------

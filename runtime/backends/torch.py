@@ -34,8 +34,8 @@ MAX_CUDA_GRAPHS = 32
 def _require_torch():
     if importlib.util.find_spec("torch") is None:
         raise BackendError(
-            "the torch backend needs PyTorch, which is not installed: pip install 'ruclip-tiny[export]' "
-            "(or use backend='onnxruntime', which needs no torch)"
+            "the torch backend needs PyTorch, which is not installed: pip install '.[export]' in a checkout of "
+            "ruclip-tiny (or use backend='onnxruntime', which needs no torch)"
         )
     import torch
 

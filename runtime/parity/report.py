@@ -48,7 +48,10 @@ def _write_files(root: Path, report: ParityReport, features: dict[str, np.ndarra
         write_error_plot(root / plot_file, report, features, probe)
         written = Written(report_file, MANIFEST, plot_file)
     except ImportError:
-        written = Written(report_file, MANIFEST, None, "matplotlib is not installed (pip install 'ruclip-tiny[plots]')")
+        written = Written(
+            report_file, MANIFEST, None,
+            "matplotlib is not installed (pip install '.[plots]' in a checkout of ruclip-tiny)",
+        )
     report.written = written
     atomic_write_json(root / report_file, report.to_json())
 

@@ -70,7 +70,10 @@ def test_engine_keys_paths_and_cache_are_keyed_by_tensorrt_version_and_compute_c
 @pytest.mark.parametrize(
     ("machine", "expected"),
     [
-        (trt_backend.Machine(None, True, "90"), "tensorrt package is not installed (pip install 'ruclip-tiny[gpu]')"),
+        (
+            trt_backend.Machine(None, True, "90"),
+            "tensorrt package is not installed (pip install '.[gpu]' in a checkout of ruclip-tiny)",
+        ),
         (trt_backend.Machine("11.4.0", False, "90"), "polygraphy package"),
         (trt_backend.Machine("11.4.0", True, None), "no NVIDIA GPU found"),
     ],
@@ -274,7 +277,7 @@ def test_a_closed_backend_refuses_and_deactivates_its_runners():
 def _tensorrt_and_gpu() -> str | None:
     machine = trt_backend.this_machine()
     if machine.tensorrt is None:
-        return "needs the tensorrt package (pip install 'ruclip-tiny[gpu]')"
+        return "needs the tensorrt package (pip install '.[gpu]' in a checkout of ruclip-tiny)"
     if machine.compute_capability is None:
         return "needs an NVIDIA GPU"
     return None
