@@ -59,7 +59,10 @@ def test_profiles_tensorrt_would_reject_are_refused_naming_the_option(arguments,
 @pytest.mark.parametrize(
     ("machine", "message"),
     [
-        (trt_backend.Machine(None, True, "90"), "tensorrt Python package is not installed.*ruclip-tiny\\[gpu\\]"),
+        (
+            trt_backend.Machine(None, True, "90"),
+            "tensorrt Python package is not installed.*pip install .\\.\\[gpu\\]. in a checkout of ruclip-tiny",
+        ),
         (trt_backend.Machine("11.4.0", False, "90"), "polygraphy"),
         (trt_backend.Machine("11.4.0", True, None), "no NVIDIA GPU found.*GPU model that will serve"),
     ],
