@@ -78,13 +78,18 @@ class Backend(ABC):
     The public ``encode_pixels``/``encode_tokens`` check the shapes against ``ruclip_tiny.spec``, cut the rows into
     calls of at most ``max_batch`` and check what comes back; a backend implements ``_encode_pixels`` and
     ``_encode_tokens`` for one such call (Polygraphy's ``infer``/``infer_impl``).
-    Features are UNnormalised, as the model gives them. Calls may come from several threads one at a time.
+    Features are UNnormalised, as the model gives them. Calls may come from several threads one at a time, or, where
+    ``concurrent_calls`` is True, at the same time (an image call and a text call side by side).
     """
 
     name: str
     precision: str
     device: str
     max_batch: int | None = None
+    # True only where the engine is known to take simultaneous calls from several threads; the server then runs texts
+    # in a thread of their own, so a text never waits for an image call. False for the torch backend (CUDA graphs
+    # replay shared buffers) and TensorRT (one execution context per engine).
+    concurrent_calls: bool = False
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """pixels: float32 [B, 3, 224, 224] (preprocessed) -> image_features float32 [B, 768]."""

@@ -288,6 +288,9 @@ class OnnxRuntimeBackend(Backend):
     falls back to the CPU when a GPU provider cannot start, and a fallback is logged, not hidden.
     """
 
+    # ONNX Runtime's InferenceSession.run is thread-safe, and the two encoders are separate sessions.
+    concurrent_calls = True
+
     name = "onnxruntime"
     max_batch = None
 

@@ -99,7 +99,7 @@ class DynamicBatcher:
     while the batcher runs; the next batch follows it).
 
     kind: a label for metrics and logs ("text", "image"). run_batch: blocking ``items -> results`` (one result per
-    item, in order), called in ``executor``. max_wait_s: the longest the oldest request waits for company.
+    item, in order), called in ``executor`` (which may be changed while the batcher runs, like ``max_batch``). max_wait_s: the longest the oldest request waits for company.
     max_queue_items: admitted but not yet running items beyond which ``admit`` raises QueueFull.
     batching: False = one request per backend call.
     All methods except ``run_batch`` run on the event loop thread.
@@ -120,7 +120,7 @@ class DynamicBatcher:
             raise ValueError("max_batch and max_queue_items must be >= 1 and max_wait_s >= 0")
         self.kind = kind
         self._run_batch = run_batch
-        self._executor = executor
+        self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
@@ -287,7 +287,7 @@ class DynamicBatcher:
                 return None
             part = items[start : start + size]
             started = time.perf_counter()
-            rows = await loop.run_in_executor(self._executor, self._run_batch, part)
+            rows = await loop.run_in_executor(self.executor, self._run_batch, part)
             if len(rows) != len(part):
                 raise RuntimeError(f"{self.kind} batch returned {len(rows)} results for {len(part)} items")
             self._observer.batch(self.kind, len(part), len(set(owners[start : start + size])),

@@ -1,4 +1,4 @@
-"""The embedding service behind the endpoints: readiness, one inference thread, image decoding and two batchers."""
+"""The embedding service behind the endpoints: readiness, the inference threads, image decoding and two batchers."""
 
 from __future__ import annotations
 
@@ -40,17 +40,19 @@ def warm_up(embedder: Embedder) -> None:
 
 
 # Images per backend call on a CPU unless --max-image-batch says otherwise. The image encoder is compute-bound there
-# (merging images gains nothing, BENCHMARKS.md) and texts share the one inference thread: a text batch waits for at
-# most one image call, ~75 ms for one image on the measured CPU, instead of a whole merged batch (seconds).
+# (merging images gains nothing, BENCHMARKS.md); where texts share the inference thread with images (a backend that
+# takes one call at a time), a text batch waits for at most one image call instead of a whole merged batch.
 CPU_IMAGE_BATCH = 1
 
 
 class EmbeddingService:
-    """The embedder behind the endpoints: readiness, one inference thread, a decoding pool and two batchers.
+    """The embedder behind the endpoints: readiness, the inference threads, a decoding pool and two batchers.
 
-    Backend calls all happen in ONE thread (backends take calls one at a time); each batcher feeds it, first in first
-    out, one call at a time, so a text batch waits for at most the one image call in progress (``image_batch``
-    images), never behind all the images queued.
+    Backend calls happen in ONE inference thread when the backend takes calls one at a time: each batcher feeds it,
+    first in first out, one call at a time, so a text batch waits for at most the one image call in progress
+    (``image_batch`` images), never behind all the images queued. When the backend takes simultaneous calls
+    (``Backend.concurrent_calls``: ONNX Runtime), texts get an inference thread of their own and never wait for an
+    image call at all.
     """
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics):
@@ -61,6 +63,7 @@ class EmbeddingService:
         self.failure: str | None = None
         self._transform = image_preprocessing(settings.exif_transpose)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer")
+        self._text_inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer-text")
         self._decoding = ThreadPoolExecutor(
             settings.decode_workers or min(8, os.cpu_count() or 1), thread_name_prefix="ruclip-decode"
         )
@@ -94,6 +97,8 @@ class EmbeddingService:
         try:
             self.embedder = await loop.run_in_executor(self._inference, load)
             self.batchers["image"].max_batch = self.image_batch  # the device is known now
+            if self.embedder.backend.concurrent_calls:
+                self.batchers["text"].executor = self._text_inference
             self.state = "warming"
             await loop.run_in_executor(self._inference, warmup, self.embedder)
         except Exception as err:  # noqa: BLE001 - reported by /readyz and the log, the process keeps answering
@@ -114,6 +119,7 @@ class EmbeddingService:
             await batcher.close()
         self._decoding.shutdown(wait=True, cancel_futures=True)
         self._inference.shutdown(wait=True)
+        self._text_inference.shutdown(wait=True)
         if self.embedder is not None:
             self.embedder.close()
 

@@ -118,3 +118,51 @@ def test_a_text_request_is_answered_while_a_large_image_request_is_still_running
     assert answers["images"].status_code == 200
     # 32 images run as calls of one image (the CPU default): the text got in after one of them, not after all.
     assert not images_done_when_text_answered
+
+
+@pytest.mark.parametrize("concurrent_calls", [True, False], ids=["own-text-thread", "shared-thread"])
+def test_a_text_does_not_wait_for_an_image_call_when_the_backend_takes_simultaneous_calls(tmp_path, concurrent_calls):
+    """An image call is held inside the backend: with a backend that takes simultaneous calls (ONNX Runtime) a text
+    is answered meanwhile; with one that takes one call at a time the text waits for the image call to end."""
+    from tests.runtime.fake_bundle import build_fake_bundle
+
+    embedder = Embedder.load(build_fake_bundle(tmp_path / "bundle"), backend="onnxruntime")
+    assert embedder.backend.concurrent_calls is True  # what ONNX Runtime declares
+    embedder.backend.concurrent_calls = concurrent_calls
+    holding, inside, release = threading.Event(), threading.Event(), threading.Event()
+    encode_pixels = embedder.backend._encode_pixels
+
+    def held_encode_pixels(pixels):
+        if holding.is_set():
+            inside.set()
+            release.wait(60)
+        return encode_pixels(pixels)
+
+    embedder.backend._encode_pixels = held_encode_pixels
+    answers = {}
+    with BackgroundServer(create_app(embedder, ServerSettings())) as running, \
+            httpx.Client(base_url=running.url, timeout=60) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, "ready")
+        holding.set()
+
+        def post_image():
+            answers["image"] = client.post("/v1/embeddings/image", content=image_body(1, seed=3),
+                                           headers={"content-type": "application/json"})
+
+        thread = threading.Thread(target=post_image)
+        thread.start()
+        try:
+            assert inside.wait(30), "the image call never started"
+            try:
+                answers["text"] = client.post("/v1/embeddings/text", json={"texts": ["кошка"]}, timeout=3)
+            except httpx.ReadTimeout:
+                answers["text"] = None
+            text_answered_during_image_call = not release.is_set() and answers["text"] is not None
+        finally:
+            release.set()
+            thread.join(60)
+    assert answers["image"].status_code == 200
+    if concurrent_calls:
+        assert text_answered_during_image_call and answers["text"].status_code == 200
+    else:
+        assert answers["text"] is None  # still waiting behind the held image call after 3 s
