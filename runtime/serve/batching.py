@@ -99,7 +99,8 @@ class DynamicBatcher:
     while the batcher runs; the next batch follows it).
 
     kind: a label for metrics and logs ("text", "image"). run_batch: blocking ``items -> results`` (one result per
-    item, in order), called in ``executor`` (which may be changed while the batcher runs, like ``max_batch``). max_wait_s: the longest the oldest request waits for company.
+    item, in order), called in ``executor`` (which may be changed while the batcher runs, like ``max_batch``).
+    max_wait_s: the longest the oldest request waits for company.
     max_queue_items: admitted but not yet running items beyond which ``admit`` raises QueueFull.
     batching: False = one request per backend call.
     All methods except ``run_batch`` run on the event loop thread.
