@@ -93,15 +93,18 @@ def add_pixel_limit_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
+def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """--backend and --precision (choices from the backend registry), and --batch-size unless ``batch_size`` is
+    False (the server batches by its own flags)."""
     from runtime.backends import BACKENDS, PRECISIONS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="rows per backend call (default: the embedder's, 32)")
+    if batch_size:
+        parser.add_argument("--batch-size", type=positive_int, default=None,
+                            help="rows per backend call (default: the embedder's, 32)")
 
 
 def check_template(template: str, labels: list[str]) -> None:

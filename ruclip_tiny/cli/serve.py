@@ -7,22 +7,17 @@ import os
 
 from ..errors import RuclipTinyError
 from ..transform import DEFAULT_MAX_IMAGE_PIXELS
-from .options import add_exif_option, non_negative_float, positive_float, positive_int
+from .options import add_backend_options, add_exif_option, non_negative_float, positive_float, positive_int
 
 
 def register(commands) -> None:
-    from runtime.backends import BACKENDS, PRECISIONS
-
     parser = commands.add_parser("serve",
                                  help="serve embeddings over HTTP with dynamic batching (needs the serve extra)")
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="what runs the encoders (auto: TensorRT engines, else ONNX Runtime on CUDA, else CPU)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="which graphs or engines (auto: fp16 on a GPU, fp32 on a CPU)")
+    add_backend_options(parser, batch_size=False)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--max-batch", type=positive_int, default=64, help="most items per backend call (default 64)")
