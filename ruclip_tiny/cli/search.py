@@ -32,6 +32,13 @@ def run(args: argparse.Namespace) -> int:
         query = embedder.encode_texts([args.query])[0]
     else:
         raise CollectionError('give a text query ("кошка на диване") or --image PATH')
-    for rank, (item, score) in enumerate(found.rank(query, args.top), 1):
-        print(f"{rank:>3}  {score:.4f}  {item}")
+    for rank, (row, score) in enumerate(found.rank_indices(query, args.top), 1):
+        # a text collection shows each text after its line number
+        text = f"  {_shown(found.texts[row])}" if found.texts else ""
+        print(f"{rank:>3}  {score:.4f}  {found.ids[row]}{text}")
     return 0
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A text on one line of the answer: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -77,10 +77,11 @@ def test_texts_are_embedded_by_line_and_truncation_is_reported(embedder, tmp_pat
     texts.write_text(f"кошка\n\n{long}\nракета\n", encoding="utf-8")
     out = tmp_path / "texts.npz"
     assert main(["embed", str(embedder.bundle.root), "--texts", str(texts), "--out", str(out)]) == 0
-    assert "4 texts embedded, 0 failed, 1 texts cut at 77 tokens" in capsys.readouterr().out
+    assert "3 texts embedded, 0 failed, 1 texts cut at 77 tokens, 1 blank lines skipped" in capsys.readouterr().out
     collection = Collection.load(out)
-    assert collection.ids == ["1", "2", "3", "4"] and collection.metadata["truncated_ids"] == ["3"]
-    np.testing.assert_allclose(collection.embeddings, embedder.encode_texts(text_lines(texts)), atol=1e-6)
+    assert collection.ids == ["1", "3", "4"] and collection.metadata["truncated_ids"] == ["3"]
+    assert collection.texts == [line for line in text_lines(texts) if line]
+    np.testing.assert_allclose(collection.embeddings, embedder.encode_texts(collection.texts), atol=1e-6)
 
 
 def test_search_by_image_returns_that_image_first_and_text_ranking_matches_the_embedder(
