@@ -13,7 +13,8 @@ Names, data types and dims come from the one I/O description (``spec.ENCODERS``)
 a staging directory beside ``out`` and renamed into place, so a failed write never leaves a half repository. It
 lists its files in ``.ruclip-tiny-repository.json``: ``force`` replaces a directory only when that listing is there
 and the directory holds nothing else (what Triton writes into a repository it served, ``__pycache__/``, aside).
-Tokenization and image preprocessing stay on the client; the runtime's are the reference.
+Besides the encoders: python-backend preprocessing models and the ensembles ``ruclip_tiny_text`` /
+``ruclip_tiny_image`` that take raw texts and encoded images (``export.triton_ensemble``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from export.triton_ensemble import (  # noqa: I001 — the Enum alias keeps its own line
+    IMAGE_ENSEMBLE,
+    NORMALIZE,
+    PREPROCESS,
+    TEXT_ENSEMBLE,
+    TEXT_LENGTH_BUCKETS,
+    TOKENIZE,
+    PythonModel,
+    ensemble_configs,
+    model_code,
+    preprocessing_models,
+    python_encoder_config,
+)
+from export.triton_ensemble import Enum as _Enum
 from ruclip_tiny import spec
 from ruclip_tiny.errors import RuclipTinyError
 from ruclip_tiny.fileio import (
@@ -35,11 +50,12 @@ from ruclip_tiny.fileio import (
     remove_stale_staging,
     replace_directory,
 )
-from runtime.bundle import Bundle
+from runtime.bundle import TOKENIZER_DIR, Bundle
 from runtime.manifest import ENGINES_DIR, Artifact, NotDeployableError, artifact_key, onnx_file, parse_engine_key
 
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
-DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
+# What runs the encoders: Triton's platform name (python: the python backend running the ONNX graphs in onnxruntime).
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": "python"}
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16", "python": "fp32"}
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 MODEL_PREFIX = "ruclip_tiny_"
@@ -48,6 +64,8 @@ README = "README.md"
 # The repository's list of its own files: what tells a repository this module wrote from any other directory.
 LISTING = ".ruclip-tiny-repository.json"
 LISTING_WRITER = "ruclip-tiny triton-repo"
+# Written into an ensemble's (otherwise empty) version directory, so that the listing names it.
+ENSEMBLE_MARKER = ".ensemble"
 
 
 class TritonRepoError(RuclipTinyError):
@@ -68,10 +86,6 @@ def compute_capability_key(cc: str) -> str:
 
 
 # --- config.pbtxt ----------------------------------------------------------------------------------------------------
-
-
-class _Enum(str):
-    """A protobuf enum value: written bare (TYPE_FP32), not quoted."""
 
 
 def _scalar(value) -> str:
@@ -143,17 +157,34 @@ def model_config(
     return "\n".join(_pbtxt(config)) + "\n"
 
 
+def _config_text(config: dict) -> str:
+    return "\n".join(_pbtxt(config)) + "\n"
+
+
+def _python_models(bundle: Bundle, max_batch: int, python_path: list[str],
+                   instance_count: int) -> list[TritonModel]:
+    """The preprocessing python models and the two ensembles over the encoder models."""
+    preprocessing: list[PythonModel] = preprocessing_models(
+        bundle.path(TOKENIZER_DIR), max_batch, python_path, instance_count)
+    models = [TritonModel(m.name, "", _config_text(m.config), m.files, code=m.code) for m in preprocessing]
+    for config in ensemble_configs(model_name("textual"), model_name("visual"), max_batch):
+        models.append(TritonModel(config["name"], "", _config_text(config)))
+    return models
+
+
 # --- what goes in: graphs and plans -----------------------------------------------------------------------------------
 
 
 @dataclass
 class TritonModel:
-    """One model of the repository: its name, encoder, config text and ``files`` (name in ``1/`` -> source)."""
+    """One model of the repository: its name, encoder ("" for the preprocessing models and ensembles), config text,
+    ``files`` (name in ``1/`` -> source file or directory) and ``code`` (its ``1/model.py``, python models)."""
 
     name: str
     encoder: str
     config: str
     files: dict[str, Path] = field(default_factory=dict)
+    code: str | None = None
     synthetic: bool = False
     compute_capabilities: list[str] = field(default_factory=list)
 
@@ -181,7 +212,10 @@ def _checked_artifact(bundle: Bundle, key: str, allow: bool) -> Artifact:
     return entry
 
 
-def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool) -> list[TritonModel]:
+def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool,
+                 python_path: list[str] | None = None) -> list[TritonModel]:
+    """The encoders as the bundle's graphs: in Triton's onnxruntime backend, or (``python_path`` given) in the python
+    backend running onnxruntime (``triton_models/onnx_encoder.py``)."""
     models = []
     for encoder in spec.ENCODERS.values():
         key = artifact_key(encoder.name, precision)
@@ -190,8 +224,16 @@ def _onnx_models(bundle: Bundle, precision: str, options: dict, allow: bool) -> 
                                   f"re-export it with: ruclip-tiny export --out {bundle.root} --force")
         source = bundle.path(_checked_artifact(bundle, key, allow).path)
         check_onnx_io(source, encoder)
-        config = model_config(encoder, "onnxruntime", default_model_filename="model.onnx", **options)
-        models.append(TritonModel(model_name(encoder.name), encoder.name, config, {"model.onnx": source}))
+        if python_path is None:
+            config = model_config(encoder, "onnxruntime", default_model_filename="model.onnx", **options)
+            models.append(TritonModel(model_name(encoder.name), encoder.name, config, {"model.onnx": source}))
+            continue
+        python = python_encoder_config(
+            encoder, model_name(encoder.name), [_tensor_config(t) for t in encoder.inputs],
+            [_tensor_config(t) for t in encoder.outputs], options["max_batch"], python_path,
+            options["instance_count"], options["max_queue_delay_us"])
+        models.append(TritonModel(model_name(encoder.name), encoder.name, _config_text(python),
+                                  {"model.onnx": source}, code=model_code("onnx_encoder.py")))
     return models
 
 
@@ -248,6 +290,8 @@ def repository_readme(bundle: Bundle, models: list[TritonModel], platform: str, 
                       synthetic: bool) -> str:
     inputs = []
     for model in models:
+        if not model.encoder:
+            continue
         encoder = spec.ENCODERS[model.encoder]
         for kind, tensors in (("input", encoder.inputs), ("output", encoder.outputs)):
             for tensor in tensors:
@@ -263,6 +307,20 @@ def repository_readme(bundle: Bundle, models: list[TritonModel], platform: str, 
                  f"`ruclip-tiny build-engines {bundle.root}` on it and write the repository again.\n")
     warning = ("\n**SYNTHETIC weights**: this repository was written from a bundle exported from synthetic weights. "
                "It proves the deployment chain; its embeddings mean nothing.\n" if synthetic else "")
+    buckets = ", ".join(str(b) for b in TEXT_LENGTH_BUCKETS)
+    start = ("""On a CPU, from a ruclip-tiny checkout (a real `tritonserver` 2.51 from the `nvidia-pytriton` wheel,
+python backend only; the python models' dependencies from `scripts/triton_python_deps.sh DIR`, passed to
+`ruclip-tiny triton-repo --python-path DIR`):
+
+    scripts/triton_local.sh /path/to/this/repository --http-port 8000 --grpc-port 8001
+""" if platform == "python" else "") + ("""
+In NVIDIA's container on GPUs (`--platform tensorrt`: pick the release whose TensorRT built the plans; its Python
+must have `pip install ruclip-tiny` for the python models, or write the repository with `--python-path`):
+
+    docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
+        -v "$PWD":/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+        sh -c "pip install ruclip-tiny && tritonserver --model-repository=/models"
+""" if platform != "python" else "")
     return f"""# ruclip-tiny Triton model repository
 
 Written by `ruclip-tiny triton-repo` from `{bundle.root}` ({platform}, {precision}).
@@ -271,48 +329,48 @@ Written by `ruclip-tiny triton-repo` from `{bundle.root}` ({platform}, {precisio
 
     tritonserver --model-repository=/path/to/this/repository
 
-or in NVIDIA's container (pick the release whose TensorRT/ONNX Runtime fits the models):
-
-    docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
-        -v "$PWD":/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
-
-Check: `curl localhost:8000/v2/health/ready` and `curl localhost:8000/v2/models/{models[0].name}/config`.
+{start}
+Check: `curl localhost:8000/v2/health/ready` and `curl localhost:8000/v2/models/{TEXT_ENSEMBLE}/config`.
 {plans}
 ## What clients send
 
-Both models batch dynamically (up to {max_batch} rows; `max_batch_size` is the batch dimension, so each request
-sends `[n, ...]` tensors). Their outputs are the raw 768-d features: L2-normalise them on the client before
-comparing (cosine similarity); zero-shot scores are `softmax(logit_scale * cosine)` with the `logit_scale` of the
-bundle's `manifest.json`.
+Raw inputs, to the ensembles (what most clients want):
+
+| model | input | output |
+| --- | --- | --- |
+| {TEXT_ENSEMBLE} | `TEXT` BYTES [n, 1]: UTF-8 texts | `EMBEDDING` FP32 [n, 768], unit rows |
+| {IMAGE_ENSEMBLE} | `IMAGE` BYTES [n, 1]: encoded images (JPEG, PNG, WebP…) | `EMBEDDING` FP32 [n, 768], unit rows |
+
+Each ensemble runs: preprocessing (python backend: `{TOKENIZE}` with the runtime's tokenizer, or `{PREPROCESS}` with
+the Embedder's image path and the server's limits as parameters `max_image_bytes`, `max_image_pixels`), the encoder,
+then `{NORMALIZE}`, which L2-normalises each row exactly as the Embedder does (`runtime.embedder.l2_normalize`): the
+embeddings equal `Embedder.encode_texts` / `encode_images`. Cosine similarity is their dot product; zero-shot
+scores are `softmax(logit_scale * cosine)` with the `logit_scale` of the bundle's `manifest.json`. A broken image
+fails its own request only.
+
+Length buckets: Triton batches only requests of equal shape, so `{TOKENIZE}` pads each request to the smallest of
+{buckets} tokens that holds its longest text (the [CLS] feature ignores padding): texts of similar length batch
+together on the encoder. Texts longer than 77 tokens are cut, as the original model cut them.
+
+The encoders can be called directly (raw 768-d features, not normalised; both batch dynamically up to {max_batch}
+rows, `max_batch_size` being the batch dimension):
 
 | model | kind | tensor | data type | shape |
 | --- | --- | --- | --- | --- |
 {chr(10).join(inputs)}
 
-Tokenization and image preprocessing stay on the client. The runtime's are the reference, and need no torch:
-
-- images: `ruclip_tiny.transform.load_image` then `ruclip_tiny.transform.image_transform()` give the float32
-  `[3, 224, 224]` pixels of one image (Resize 224 on the short side, centre crop, RGB, ImageNet mean/std);
-- texts: `runtime.tokenizer.FastTokenizer.from_directory("BUNDLE/tokenizer")` and its `encode(texts)` give int64
-  `input_ids` and `attention_mask` `[n, 77]` (texts longer than 77 tokens are cut, as the original model cut them).
-  Send all 77 columns: Triton merges only requests of equal shape into a batch, and the encoder ignores padding.
-
 Example (Python, `pip install tritonclient[http]`):
 
     import numpy as np, tritonclient.http as http
-    from ruclip_tiny.transform import image_transform, load_image
-    from runtime.tokenizer import FastTokenizer
 
     client = http.InferenceServerClient("localhost:8000")
-    pixels = np.stack([image_transform()(load_image("cat.jpg"))])
-    tensor = http.InferInput("pixels", list(pixels.shape), "FP32"); tensor.set_data_from_numpy(pixels)
-    image = client.infer("{model_name('visual')}", [tensor]).as_numpy("image_features")
-    tokens = FastTokenizer.from_directory("BUNDLE/tokenizer").encode(["кошка", "собака"])
-    feeds = []
-    for name in ("input_ids", "attention_mask"):
-        array = getattr(tokens, name)
-        feeds.append(http.InferInput(name, list(array.shape), "INT64")); feeds[-1].set_data_from_numpy(array)
-    text = client.infer("{model_name('textual')}", feeds).as_numpy("text_features")
+    texts = http.InferInput("TEXT", [2, 1], "BYTES")
+    texts.set_data_from_numpy(np.array([["кошка".encode()], ["собака".encode()]], dtype=object))
+    text = client.infer("{TEXT_ENSEMBLE}", [texts]).as_numpy("EMBEDDING")
+    image = http.InferInput("IMAGE", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[open("cat.jpg", "rb").read()]], dtype=object))
+    cat = client.infer("{IMAGE_ENSEMBLE}", [image]).as_numpy("EMBEDDING")
+    print(cat @ text.T)  # cosine similarities
 """
 
 
@@ -369,26 +427,34 @@ def write_triton_repository(
     trt_version: str | None = None,
     force: bool = False,
     allow_not_deployable: bool = False,
+    python_path: list[str] | tuple[str, ...] = (),
 ) -> list[TritonModel]:
     """Write the repository for ``bundle`` to ``out`` (atomically); returns its models.
 
-    platform: "onnxruntime" (the bundle's ONNX graphs) or "tensorrt" (the engines its manifest lists,
-    ``engines/<trt>_sm<cc>/`` plans, one per compute capability). Every graph or engine is refused as the embedder
-    refuses it: not deployable (unless ``allow_not_deployable``), or changed since the manifest was written.
-    precision: "fp32"/"fp16" (default fp32 for onnxruntime, fp16 for tensorrt).
-    instance_kind: "auto", "gpu", "cpu" (default auto for onnxruntime, gpu for tensorrt). An existing non-empty
-    ``out`` is replaced only with ``force``, and only once the new repository is complete.
+    platform: "onnxruntime" (the bundle's ONNX graphs), "tensorrt" (the engines its manifest lists,
+    ``engines/<trt>_sm<cc>/`` plans, one per compute capability) or "python" (the ONNX graphs in onnxruntime inside
+    Triton's python backend). Every platform also gets the python preprocessing models and the ensembles
+    ``ruclip_tiny_text`` / ``ruclip_tiny_image`` (``export.triton_ensemble``); ``python_path``: directories each
+    python model puts first on ``sys.path`` (relative ones made absolute). Every graph or engine is refused as the
+    embedder refuses it: not deployable (unless ``allow_not_deployable``), or changed since the manifest was written.
+    precision: "fp32"/"fp16" (default fp16 for tensorrt, else fp32).
+    instance_kind: "auto", "gpu", "cpu" (default auto for onnxruntime, gpu for tensorrt, cpu for python). An
+    existing non-empty ``out`` is replaced only with ``force``, and only once the new repository is complete.
     """
     if platform not in PLATFORMS:
         raise TritonRepoError(f"unknown platform {platform!r}; choose one of: {', '.join(PLATFORMS)}")
     precision = precision or DEFAULT_PRECISION[platform]
     if precision not in ("fp32", "fp16"):
         raise TritonRepoError(f"unknown precision {precision!r}; choose fp32 or fp16")
-    instance_kind = instance_kind or ("gpu" if platform == "tensorrt" else "auto")
+    instance_kind = instance_kind or {"tensorrt": "gpu", "python": "cpu"}.get(platform, "auto")
     if instance_kind not in INSTANCE_KINDS:
         raise TritonRepoError(f"unknown instance kind {instance_kind!r}; choose one of: {', '.join(INSTANCE_KINDS)}")
     if platform == "tensorrt" and instance_kind == "cpu":
         raise TritonRepoError("TensorRT plans run on GPUs only: use --instance-kind gpu (or auto)")
+    if platform == "python" and instance_kind == "gpu":
+        raise TritonRepoError("the python encoders run onnxruntime on the CPU: use --instance-kind cpu (or auto), or "
+                              "--platform onnxruntime/tensorrt for GPUs")
+    python_path = [str(p) if Path(p).is_absolute() else os.path.abspath(p) for p in python_path]
     for name, value in (("max_batch", max_batch), ("instance_count", instance_count)):
         if not isinstance(value, int) or value < 1:
             raise TritonRepoError(f"{name} must be a positive integer, got {value!r}")
@@ -399,10 +465,12 @@ def write_triton_repository(
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     options = dict(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instance_count=instance_count,
                    instance_kind=instance_kind)
-    if platform == "onnxruntime":
-        models = _onnx_models(bundle, precision, options, allow_not_deployable)
-    else:
+    if platform == "tensorrt":
         models = _plan_models(bundle, precision, trt_version, options, allow_not_deployable)
+    else:
+        models = _onnx_models(bundle, precision, options, allow_not_deployable,
+                              python_path if platform == "python" else None)
+    models += _python_models(bundle, max_batch, python_path, instance_count)
     synthetic = bundle.synthetic
     for model in models:
         model.synthetic = synthetic
@@ -415,7 +483,15 @@ def write_triton_repository(
             version_dir.mkdir(parents=True)
             (staging / model.name / "config.pbtxt").write_text(model.config, encoding="utf-8")
             for name, source in model.files.items():
-                shutil.copyfile(source, version_dir / name)
+                if Path(source).is_dir():
+                    shutil.copytree(source, version_dir / name)
+                else:
+                    shutil.copyfile(source, version_dir / name)
+            if model.code is not None:
+                (version_dir / "model.py").write_text(model.code, encoding="utf-8")
+            if not model.files and model.code is None:  # an ensemble: Triton needs the version directory, empty
+                (version_dir / ENSEMBLE_MARKER).write_text("an ensemble's version directory: empty on purpose\n",
+                                                          encoding="utf-8")
         (staging / README).write_text(
             repository_readme(bundle, models, platform, precision, max_batch, synthetic), encoding="utf-8"
         )

@@ -32,6 +32,8 @@ from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 
 ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16"}
 NP_TO_TRITON = {np.dtype("float32"): "TYPE_FP32", np.dtype("int64"): "TYPE_INT64"}
+PREPROCESSING_AND_ENSEMBLES = ["ruclip_tiny_tokenize", "ruclip_tiny_preprocess", "ruclip_tiny_normalize",
+                               "ruclip_tiny_text", "ruclip_tiny_image"]
 
 
 def parse_config(path: Path):
@@ -80,9 +82,9 @@ def fake_engines(bundle: Path, engines: dict[str, list[str]], precision: str = "
 def test_onnxruntime_repository_configs_parse_with_tritons_schema_and_match_the_graphs(exported_bundle, tmp_path):
     out = tmp_path / "repo"
     models = write_triton_repository(exported_bundle, out, max_batch=32, max_queue_delay_us=500, instance_count=2)
-    assert [m.name for m in models] == ["ruclip_tiny_visual", "ruclip_tiny_textual"]
+    assert [m.name for m in models] == ["ruclip_tiny_visual", "ruclip_tiny_textual", *PREPROCESSING_AND_ENSEMBLES]
     manifest = json.loads((exported_bundle / "manifest.json").read_text())
-    for model in models:
+    for model in models[:2]:
         config = parse_config(out / model.name / "config.pbtxt")
         assert config.name == model.name and config.platform == "onnxruntime_onnx"
         assert config.max_batch_size == 32
@@ -130,8 +132,9 @@ def test_an_existing_repository_is_replaced_only_with_force_and_only_once_comple
     assert (out / "ruclip_tiny_visual" / "1" / "model.onnx").read_bytes() == old_graph
 
     write_triton_repository(fake_bundle, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".ruclip-tiny-repository.json", "README.md", "ruclip_tiny_textual", "ruclip_tiny_visual"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        ".ruclip-tiny-repository.json", "README.md", "ruclip_tiny_textual", "ruclip_tiny_visual",
+        *PREPROCESSING_AND_ENSEMBLES])
     assert file_sha256(out / "ruclip_tiny_visual" / "1" / "model.onnx") == file_sha256(fake_bundle / "visual.onnx")
     assert not (out / "ruclip_tiny_visual" / "1" / "__pycache__").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "repo"], "staging or old copies left behind"
@@ -194,7 +197,7 @@ def test_tensorrt_repository_lists_one_plan_per_compute_capability(fake_bundle, 
     fake_engines(fake_bundle, {"10.9.0": ["86", "90", "120"]})
     out = tmp_path / "repo"
     models = write_triton_repository(fake_bundle, out, platform="tensorrt", max_batch=16)
-    for model in models:
+    for model in [m for m in models if m.encoder]:
         config = parse_config(out / model.name / "config.pbtxt")
         assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
         assert dict(config.cc_model_filenames) == {"8.6": "model_sm86.plan", "9.0": "model_sm90.plan",
@@ -270,3 +273,52 @@ def test_cli_writes_the_repository(fake_bundle, tmp_path, capsys):
     assert file_sha256(out / "ruclip_tiny_textual" / "1" / "model.onnx") == file_sha256(
         fake_bundle / "textual.fp16.onnx")
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("platform", ["onnxruntime", "tensorrt", "python"])
+def test_ensembles_and_python_models_parse_and_connect_to_the_encoders_io(fake_bundle, tmp_path, platform):
+    if platform == "tensorrt":
+        fake_engines(fake_bundle, {"10.9.0": ["90"]})
+    out = tmp_path / "repo"
+    models = write_triton_repository(fake_bundle, out, platform=platform, max_batch=16, python_path=["deps", "/abs"])
+    configs = {m.name: parse_config(out / m.name / "config.pbtxt") for m in models}
+    assert sorted(configs) == sorted(["ruclip_tiny_visual", "ruclip_tiny_textual", *PREPROCESSING_AND_ENSEMBLES])
+    python_models = [name for name, c in configs.items() if c.backend == "python"]
+    expected_python = PREPROCESSING_AND_ENSEMBLES[:3] + (["ruclip_tiny_visual", "ruclip_tiny_textual"]
+                                                         if platform == "python" else [])
+    assert sorted(python_models) == sorted(expected_python)
+    for name in python_models:
+        parameters = {k: v.string_value for k, v in configs[name].parameters.items()}
+        assert json.loads(parameters["python_path"]) == [str(Path("deps").resolve()), "/abs"]
+        code = (out / name / "1" / "model.py").read_text()
+        # the directories go onto sys.path before anything imports numpy or triton_python_backend_utils
+        assert code.index("_sys.path.insert(0") < code.index("import triton_python_backend_utils")
+        assert "import torch" not in code and "import numpy" not in code[: code.index("_sys.path.insert(0")]
+    assert (out / "ruclip_tiny_tokenize" / "1" / "tokenizer" / "vocab.txt").is_file()
+    assert parameters_of(configs["ruclip_tiny_tokenize"])["length_buckets"] == "8,16,32,77"
+    for ensemble, source, encoder in (("ruclip_tiny_text", "TEXT", "ruclip_tiny_textual"),
+                                      ("ruclip_tiny_image", "IMAGE", "ruclip_tiny_visual")):
+        config = configs[ensemble]
+        assert config.platform == "ensemble" and config.max_batch_size == 16
+        assert triton_io(config.input) == [(source, "TYPE_STRING", [1])]
+        assert triton_io(config.output) == [("EMBEDDING", "TYPE_FP32", [768])]
+        steps = list(config.ensemble_scheduling.step)
+        assert [s.model_name for s in steps][1:] == [encoder, "ruclip_tiny_normalize"]
+        produced = {source: None}
+        for step in steps:  # every step reads tensors the ensemble has and names its model's real I/O
+            composing = configs[step.model_name]
+            assert sorted(step.input_map) == sorted(t.name for t in composing.input)
+            assert sorted(step.output_map) == sorted(t.name for t in composing.output)
+            assert set(step.input_map.values()) <= set(produced)
+            outputs = {t.name: t for t in composing.output}
+            produced.update({v: outputs[k] for k, v in step.output_map.items()})
+        assert "EMBEDDING" in produced
+
+
+def parameters_of(config) -> dict[str, str]:
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def test_python_platform_refuses_gpu_instances(fake_bundle, tmp_path):
+    with pytest.raises(TritonRepoError, match="--instance-kind cpu"):
+        write_triton_repository(fake_bundle, tmp_path / "a", platform="python", instance_kind="gpu")
