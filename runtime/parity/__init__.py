@@ -39,7 +39,7 @@ from runtime.parity.results import (
     Written,
     json_safe,
 )
-from runtime.parity.run import DEFAULT_BATCH_SIZE, parity_providers, result_key, run_parity
+from runtime.parity.run import DEFAULT_BATCH_SIZE, check_open_backend, parity_providers, result_key, run_parity
 from runtime.parity.thresholds import (
     CLEAR_MARGIN,
     ELEMENTWISE_REL_FLOOR,
@@ -68,6 +68,7 @@ __all__ = [
     "Thresholds",
     "Top1",
     "Written",
+    "check_open_backend",
     "cosine_similarities",
     "feature_metrics",
     "format_table",

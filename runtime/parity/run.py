@@ -133,6 +133,11 @@ def _backend_runs(
             EncoderRun(result_key(backend, e.name, precision), e, None, backend, error=str(exc))
             for e in (spec.VISUAL, spec.TEXTUAL)
         ], None
+    return _opened_runs(bundle, opened, precision, batch_size), opened
+
+
+def _opened_runs(bundle: Bundle, opened: Backend, precision: str, batch_size: int) -> list[EncoderRun]:
+    """The two encoders of a backend already open, as parity runs them."""
     runs = []
     encoders = {
         spec.VISUAL.name: (opened.encode_pixels, [t.name for t in spec.VISUAL.inputs]),
@@ -148,7 +153,7 @@ def _backend_runs(
             entry = bundle.artifacts[manifest_key]
             run.file, run.sha256 = entry.path, entry.sha256
         runs.append(run)
-    return runs, opened
+    return runs
 
 
 def _encoder_runs(
@@ -245,6 +250,38 @@ def _check_combined(
     return _judged(entry, metrics, failures + judge(metrics, thresholds))
 
 
+def _check_runs(
+    runs: list[EncoderRun], precision: str, probe: Probe, context: _Context, features: dict[str, np.ndarray]
+) -> dict[str, ParityEntry]:
+    """Each encoder run judged on its own (the two encoders first, then any fused variant), then the pair's
+    ``combined`` row; the features of those that ran are added to ``features``."""
+    results: dict[str, ParityEntry] = {}
+    parts = []
+    for run in runs:
+        entry, output = _check_encoder(run, precision, probe, context)
+        parts.append(entry)
+        results[entry.artifact] = entry
+        if output is not None:
+            features[entry.artifact] = output
+    visual, textual = parts[:2]
+    name = visual.backend
+    combined_key = f"combined.{precision}" if name == BACKEND else f"{name}:combined.{precision}"
+    results[combined_key] = _check_combined(combined_key, precision, visual, textual, features, probe, context)
+    return results
+
+
+def check_open_backend(
+    bundle: Bundle, opened: Backend, probe: Probe, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict[str, ParityEntry]:
+    """Judge a backend that is already open (a serving process's own) on ``probe``, with the bars for its
+    precision: its two encoders and their ``combined`` row, keyed as ``run_parity`` keys them — the same run path,
+    nothing written. Raises ParityError for a precision without bars."""
+    thresholds_for(opened.precision)
+    context = _Context(ort.__version__, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       ProbeSize(probe.images, probe.texts))
+    return _check_runs(_opened_runs(bundle, opened, opened.precision, batch_size), opened.precision, probe, context, {})
+
+
 def run_parity(
     bundle_root: str | Path,
     precisions: Sequence[str] = PRECISIONS,
@@ -297,20 +334,10 @@ def run_parity(
                 continue
         runs, opened = _encoder_runs(bundle, backend, precision, providers, backend_options or {}, batch_size)
         try:
-            parts = []
-            for run in runs:
-                entry, output = _check_encoder(run, precision, probe, context)
-                parts.append(entry)
-                results[entry.artifact] = entry
-                if output is not None:
-                    features[entry.artifact] = output
+            results.update(_check_runs(runs, precision, probe, context, features))
         finally:
             if opened is not None:
                 opened.close()
-        visual, textual = parts[:2]  # the two encoders come first; fused variants, judged on their own, after
-        name = visual.backend
-        combined_key = f"combined.{precision}" if name == BACKEND else f"{name}:combined.{precision}"
-        results[combined_key] = _check_combined(combined_key, precision, visual, textual, features, probe, context)
 
     report = ParityReport(
         bundle=str(bundle.root),
