@@ -61,6 +61,13 @@ def register(commands) -> None:
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz "
                         "(default: $RUCLIP_TINY_API_KEY if set, else no key)")
+    parser.add_argument("--no-self-test", action="store_true",
+                        help="skip the self-test (the bundle's probe through the live backend, judged with the "
+                        "parity bars of its precision, before turning ready and every --self-test-interval seconds); "
+                        "/v1/info says it is off")
+    parser.add_argument("--self-test-interval", type=non_negative_float, default=600.0,
+                        help="seconds between self-tests once ready; a failure turns /readyz 503 until one passes "
+                        "(default 600; 0: only at start)")
     parser.add_argument("--allow-not-deployable", action="store_true",
                         help="serve artifacts whose parity check has not passed")
     parser.set_defaults(func=run)
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key if args.api_key is not None else os.environ.get("RUCLIP_TINY_API_KEY") or None,
             timeout_keep_alive_s=args.timeout_keep_alive, request_timeout_s=args.request_timeout,
             limit_concurrency=args.limit_concurrency,
+            self_test=not args.no_self_test, self_test_interval_s=args.self_test_interval,
         )
     except ValueError as exc:
         raise RuclipTinyError(f"serve: {exc}") from None
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if embedder.synthetic:
         print("SYNTHETIC weights: the embeddings prove the toolchain, they mean nothing (/v1/info says so too)")
     batching = "off" if args.no_batching else f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms"
-    print(f"dynamic batching: {batching}; http://{args.host}:{args.port} (/readyz turns 200 after warm-up)")
+    ready_after = "warm-up" if args.no_self_test else "warm-up and the self-test"
+    print(f"dynamic batching: {batching}; http://{args.host}:{args.port} (/readyz turns 200 after {ready_after})")
     if settings.api_key:
         print("API key set: every endpoint but /healthz and /readyz needs 'Authorization: Bearer KEY'")
     uvicorn.Server(uvicorn_config(create_app(embedder, settings), host=args.host, port=args.port,

@@ -13,7 +13,8 @@ _BATCHING = ("max_batch", "max_image_batch", "max_wait_ms", "max_queue_items")
 
 
 def server_info(service: EmbeddingService) -> dict:
-    """Readiness, batching, limits, whether an API key is required, and (once loaded) ``describe_embedder``."""
+    """Readiness, batching, limits, whether an API key is required, the self-test (enabled or skipped with
+    --no-self-test, every how many seconds, the last result), and (once loaded) ``describe_embedder``."""
     settings = service.settings
     body = {"ready": service.ready, "state": service.state,
             "batching": {"enabled": settings.batching, "max_batch": settings.max_batch,
@@ -21,7 +22,10 @@ def server_info(service: EmbeddingService) -> dict:
                          "max_queue_items": settings.max_queue_items},
             "limits": {key: value for key, value in asdict(settings).items()
                        if key.startswith("max_") and key not in _BATCHING},
-            "api_key_required": settings.api_key is not None}
+            "api_key_required": settings.api_key is not None,
+            "self_test": {"enabled": settings.self_test,
+                          "interval_s": settings.self_test_interval_s if settings.self_test else None,
+                          "last": None if service.self_test.last is None else service.self_test.last.to_json()}}
     if service.embedder is not None:
         body.update(describe_embedder(service.embedder))
     return body

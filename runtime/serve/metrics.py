@@ -1,11 +1,15 @@
-"""The server's Prometheus metrics: requests per endpoint (the labels are the app's routes), items, batches, queue."""
+"""The server's Prometheus metrics: requests per endpoint (the labels are the app's routes), items, batches, queue,
+and numeric health (non-finite rows, feature norms, the self-test, the model served, time per stage).
+
+Metric names are contracts (dashboards and alerts depend on them): docs/SERVING.md lists them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from fastapi.routing import APIRoute
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.routing import BaseRoute
 
 from runtime.serve.batching import BatchObserver
@@ -15,6 +19,10 @@ OTHER_ENDPOINT = "other"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# raw (unnormalised) feature norms: powers of two around the scales CLIP-like encoders give (~1 to ~30)
+_NORM_BUCKETS = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STAGES = ("decode", "tokenize", "encode")
+"""The values of ``ruclip_tiny_stage_seconds``'s ``stage`` label (the queue wait has its own histogram)."""
 
 
 def endpoint_labels(routes: Iterable[BaseRoute]) -> frozenset[str]:
@@ -51,6 +59,45 @@ class ServerMetrics:
         self.ready = Gauge("ruclip_tiny_ready", "1 once the backend is loaded and warmed up", registry=r)
         self.cancelled = Counter("ruclip_tiny_cancelled_items", "items dropped before they ran because their client "
                                  "disconnected", ["kind"], registry=r)
+        # numeric health
+        self.nonfinite = Counter("ruclip_tiny_nonfinite_outputs", "output rows holding NaN or Inf (never answered "
+                                 "as numbers)", ["kind"], registry=r)
+        self.feature_norm = Histogram("ruclip_tiny_feature_norm", "L2 norm of each raw (unnormalised) output row",
+                                      ["kind"], buckets=_NORM_BUCKETS, registry=r)
+        # registered at the first self-test: absent before it and with --no-self-test, so an alert on == 0 fires
+        # only for a self-test that failed
+        self.self_test_ok = Gauge("ruclip_tiny_self_test_ok", "1 when the last self-test (the bundle's probe through "
+                                  "the live backend, judged by the parity bars) passed, 0 when it failed",
+                                  registry=None)
+        self.self_test_seconds = Gauge("ruclip_tiny_self_test_seconds", "duration of the last self-test",
+                                       registry=None)
+        self._self_test_registered = False
+        self.model_info = Info("ruclip_tiny_model", "what is served (set once the backend is loaded)", registry=r)
+        self.stage_seconds = Histogram("ruclip_tiny_stage_seconds", "time of one stage: decode (per image), "
+                                       "tokenize and encode (per backend call)", ["kind", "stage"],
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        for kind in ("text", "image"):  # present from the start, so an alert on them sees 0, not nothing
+            self.nonfinite.labels(kind)
+
+    def record_self_test(self, passed: bool, seconds: float) -> None:
+        self.self_test_ok.set(1 if passed else 0)
+        self.self_test_seconds.set(seconds)
+        if not self._self_test_registered:
+            self.registry.register(self.self_test_ok)
+            self.registry.register(self.self_test_seconds)
+            self._self_test_registered = True
+
+    def observe_rows(self, kind: str, rows: np.ndarray) -> int:
+        """Count the rows of ``rows`` (raw features float32 [N, dim]) holding NaN or Inf and record the norms of
+        the others; returns the number of non-finite rows."""
+        finite = np.isfinite(rows).all(axis=1)
+        bad = int(len(rows) - finite.sum())
+        if bad:
+            self.nonfinite.labels(kind).inc(bad)
+        histogram = self.feature_norm.labels(kind)
+        for norm in np.linalg.norm(rows[finite].astype(np.float64), axis=1):
+            histogram.observe(float(norm))
+        return bad
 
     def observer(self) -> BatchObserver:
         def batch(kind, items, requests, seconds):

@@ -18,6 +18,7 @@ from starlette.routing import Router
 
 from runtime.serve.access import JSON, RequestGate
 from runtime.serve.metrics import OTHER_ENDPOINT, endpoint_labels
+from runtime.serve.openai_errors import error_body
 from runtime.serve.request_parsing import BodyTooLarge
 from runtime.serve.service import EmbeddingService
 
@@ -95,11 +96,12 @@ class ServingMiddleware:
         try:
             refusal = self.gate.refusal(scope)
             if refusal is not None:
-                await _send_json(send_recording, refusal.status, {"detail": refusal.detail}, refusal.headers)
+                body = error_body(scope["path"], refusal.status, refusal.detail)
+                await _send_json(send_recording, refusal.status, body, refusal.headers)
                 return
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                await _send_json(send_recording, 413, {"detail": BodyTooLarge(limit).detail})
+                await _send_json(send_recording, 413, error_body(scope["path"], 413, BodyTooLarge(limit).detail))
                 return
             with ExitStack() as stack:
                 arrivals = {kind: stack.enter_context(self.service.batchers[kind].arrival())
@@ -110,7 +112,7 @@ class ServingMiddleware:
                 except BodyTooLarge as err:  # raised outside an endpoint's own error handling
                     if status["sent"]:
                         raise
-                    await _send_json(send_recording, 413, {"detail": err.detail})
+                    await _send_json(send_recording, 413, error_body(scope["path"], 413, err.detail))
                 except ClientDisconnect:  # the body stopped coming: nobody to answer, nothing went wrong here
                     status["client_gone"] = True
         finally:

@@ -1,12 +1,15 @@
-"""The embedding service behind the endpoints: readiness, the inference threads, image decoding and two batchers."""
+"""The embedding service behind the endpoints: readiness, the self-test, the inference threads, image decoding and
+two batchers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import HTTPException
@@ -16,6 +19,7 @@ from ruclip_tiny.transform import image_header_size
 from runtime.embedder import Embedder, ImageItemError, image_preprocessing, preprocess_item
 from runtime.serve.batching import DynamicBatcher, QueueFull
 from runtime.serve.metrics import ServerMetrics
+from runtime.serve.self_test import SelfTest, SelfTestResult
 from runtime.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +34,16 @@ def decode_image(transform, data: bytes, max_pixels: int | None = None) -> np.nd
     more than ``max_pixels`` pixels)."""
     outcome = preprocess_item(transform, 0, data, max_pixels)
     return outcome.reason if isinstance(outcome, ImageItemError) else outcome
+
+
+@dataclass(frozen=True)
+class TextRows:
+    """What the text batcher gives back for a request: raw features float32 [N, dim]; the indices cut at 77 tokens;
+    the tokens each text became ([CLS] and [SEP] included, after truncation)."""
+
+    features: np.ndarray
+    truncated: list[int]
+    tokens: list[int]
 
 
 def warm_up(embedder: Embedder) -> None:
@@ -59,8 +73,10 @@ class EmbeddingService:
         self.settings = settings
         self.metrics = metrics
         self.embedder: Embedder | None = None
-        self.state = "loading"  # loading -> warming -> ready | failed
+        self.state = "loading"  # loading -> warming -> self-testing -> ready | failed (ready <-> failed: self-test)
         self.failure: str | None = None
+        self.self_test = SelfTest(metrics)
+        self._self_tests: asyncio.Task | None = None
         self._transform = image_preprocessing(settings.exif_transpose)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer")
         self._text_inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer-text")
@@ -92,22 +108,66 @@ class EmbeddingService:
         return self.state == "ready"
 
     async def prepare(self, load: Callable[[], Embedder], warmup: Callable[[Embedder], None]) -> None:
-        """Load the embedder, then warm it up, in the inference thread; ``state`` follows."""
+        """Load the embedder, warm it up and self-test it, in the inference thread; ``state`` follows. With a
+        self-test interval, the self-test then runs again every so many seconds until ``stop``."""
         loop = asyncio.get_running_loop()
         try:
             self.embedder = await loop.run_in_executor(self._inference, load)
             self.batchers["image"].max_batch = self.image_batch  # the device is known now
             if self.embedder.backend.concurrent_calls:
                 self.batchers["text"].executor = self._text_inference
+            self._describe_model()
             self.state = "warming"
             await loop.run_in_executor(self._inference, warmup, self.embedder)
         except Exception as err:  # noqa: BLE001 - reported by /readyz and the log, the process keeps answering
             self.state, self.failure = "failed", f"{type(err).__name__}: {err}"
             logger.error("the backend could not be prepared: %s", self.failure)
             return
-        self.state = "ready"
-        self.metrics.ready.set(1)
+        if self.settings.self_test:
+            self.state = "self-testing"
+            await self.run_self_test()
+            if self.settings.self_test_interval_s > 0:
+                self._self_tests = loop.create_task(self._self_test_loop(), name="self-test")
+            if self.state == "failed":
+                return
+        self._turn_ready()
         logger.info("ready: %s", self.embedder.backend.describe())
+
+    def _turn_ready(self) -> None:
+        self.state, self.failure = "ready", None
+        self.metrics.ready.set(1)
+
+    async def run_self_test(self) -> SelfTestResult:
+        """Run the self-test in the inference thread (between batches) and act on it: a failure turns the server
+        not ready (503, /readyz says why) with one error line in the log; a pass after a failed self-test turns it
+        ready again."""
+        result = await asyncio.get_running_loop().run_in_executor(self._inference, self.self_test.run, self.embedder)
+        if not result.passed:
+            was = self.state
+            self.state, self.failure = "failed", f"self-test failed: {result.summary}"
+            self.metrics.ready.set(0)
+            if was != "failed":
+                logger.error("%s; /readyz answers 503 until a self-test passes", self.failure)
+        elif self.state == "failed":
+            self._turn_ready()
+            logger.info("self-test passed again: ready")
+        return result
+
+    async def _self_test_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.self_test_interval_s)
+            await self.run_self_test()
+
+    def _describe_model(self) -> None:
+        """``ruclip_tiny_model_info``: the backend, precision, synthetic or not, and the sha256 of the artifacts the
+        backend serves (empty where it serves none of the bundle's files, as the torch backend)."""
+        backend, artifacts = self.embedder.backend, self.embedder.bundle.artifacts
+        sha = {}
+        for encoder in (spec.VISUAL.name, spec.TEXTUAL.name):
+            key = backend.artifact_key(encoder)
+            sha[f"{encoder}_sha256"] = artifacts[key].sha256 if key in artifacts else ""
+        self.metrics.model_info.info({"backend": backend.name, "precision": self.embedder.precision,
+                                      "synthetic": str(self.embedder.synthetic).lower(), **sha})
 
     def start(self) -> None:
         for batcher in self.batchers.values():
@@ -115,6 +175,9 @@ class EmbeddingService:
 
     async def stop(self) -> None:
         """Finish queued work, then release the threads and the backend."""
+        if self._self_tests is not None:
+            self._self_tests.cancel()
+            await asyncio.wait([self._self_tests])
         for batcher in self.batchers.values():
             await batcher.close()
         self._decoding.shutdown(wait=True, cancel_futures=True)
@@ -125,32 +188,57 @@ class EmbeddingService:
 
     def require_ready(self) -> Embedder:
         if not self.ready:
-            why = f"the backend failed to load ({self.failure})" if self.state == "failed" else \
-                f"the backend is {self.state} (see /readyz)"
+            if self.state == "failed" and self.failure.startswith("self-test"):
+                why = f"the {self.failure} (see /readyz)"
+            elif self.state == "failed":
+                why = f"the backend failed to load ({self.failure})"
+            else:
+                why = f"the backend is {self.state} (see /readyz)"
             raise NotReady(f"not ready: {why}")
         return self.embedder
 
     # --- run in the inference thread ---
 
-    def _run_texts(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
-        result = self.embedder.encode_texts_detailed(texts, normalize=False, batch_size=self.settings.max_batch)
-        truncated = set(result.truncated)
-        return [(row, index in truncated) for index, row in enumerate(result.embeddings)]
+    def _run_texts(self, texts: list[str]) -> list[tuple[np.ndarray, bool, int]]:
+        """(raw row, cut at 77 tokens, tokens) per text. What ``Embedder.encode_texts_detailed`` computes for one
+        chunk (the batcher never passes more than ``max_batch`` texts), with its two stages timed apart."""
+        embedder, stage = self.embedder, self.metrics.stage_seconds
+        started = time.perf_counter()
+        encoded = embedder.tokenizer.encode(texts)
+        ids, mask = encoded.trimmed() if embedder.trim_padding else (encoded.input_ids, encoded.attention_mask)
+        tokenized = time.perf_counter()
+        rows = np.asarray(embedder.backend.encode_tokens(ids, mask), np.float32)
+        stage.labels("text", "tokenize").observe(tokenized - started)
+        stage.labels("text", "encode").observe(time.perf_counter() - tokenized)
+        self.metrics.observe_rows("text", rows)
+        truncated = set(encoded.truncated)
+        return [(row, index in truncated, int(encoded.lengths[index])) for index, row in enumerate(rows)]
 
     def _run_images(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.embedder.encode_pixels(np.stack(pixels), batch_size=self.image_batch))
+        started = time.perf_counter()
+        rows = self.embedder.encode_pixels(np.stack(pixels), batch_size=self.image_batch)
+        self.metrics.stage_seconds.labels("image", "encode").observe(time.perf_counter() - started)
+        self.metrics.observe_rows("image", rows)
+        return list(rows)
+
+    def _decode(self, payload: bytes) -> np.ndarray | str:
+        started = time.perf_counter()
+        try:
+            return decode_image(self._transform, payload, self.settings.max_image_pixels)
+        finally:
+            self.metrics.stage_seconds.labels("image", "decode").observe(time.perf_counter() - started)
 
     # --- called by the endpoints, on the event loop ---
 
-    async def embed_texts(self, texts: list[str], arrival=None) -> tuple[np.ndarray, list[int]]:
-        """Raw features float32 [N, dim] and the indices cut at 77 tokens."""
+    async def embed_texts(self, texts: list[str], arrival=None) -> TextRows:
+        """Raw features, the indices cut at 77 tokens and the tokens of each text."""
         batcher = self.batchers["text"]
         admission = self._admit(batcher, len(texts))
         results = await batcher.submit(admission, texts, arrival)
         self.metrics.items.labels("text").inc(len(texts))
-        truncated = [index for index, (_, cut) in enumerate(results) if cut]
+        truncated = [index for index, (_, cut, _) in enumerate(results) if cut]
         self.metrics.truncated.inc(len(truncated))
-        return np.stack([row for row, _ in results]), truncated
+        return TextRows(np.stack([row for row, _, _ in results]), truncated, [tokens for _, _, tokens in results])
 
     async def embed_images(
         self, payloads: Sequence[bytes | str], arrival=None
@@ -163,8 +251,7 @@ class EmbeddingService:
             loop = asyncio.get_running_loop()
             try:
                 decoded = await asyncio.gather(*(
-                    loop.run_in_executor(self._decoding, decode_image, self._transform, payload,
-                                         self.settings.max_image_pixels)
+                    loop.run_in_executor(self._decoding, self._decode, payload)
                     if isinstance(payload, bytes) else _completed(payload)
                     for payload in payloads
                 ))

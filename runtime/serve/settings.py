@@ -30,6 +30,9 @@ class ServerSettings:
     request_timeout_s: a connection that has not delivered a whole request (headers and body) within it is closed
     (408); limit_concurrency: open connections (or requests in progress) beyond which requests get 503 +
     Retry-After (None: no limit).
+    Self-test (``runtime.serve.self_test``): self_test: before turning ready, run the bundle's probe through the live
+    backend and judge it with the parity bars of its precision (False: skip it; /v1/info says so);
+    self_test_interval_s: then again every so many seconds (0: only at start).
     """
 
     max_batch: int = 64
@@ -50,6 +53,8 @@ class ServerSettings:
     timeout_keep_alive_s: float = 5.0
     request_timeout_s: float = 30.0
     limit_concurrency: int | None = 512
+    self_test: bool = True
+    self_test_interval_s: float = 600.0
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue_items", "max_items", "max_image_bytes", "max_text_chars",
@@ -65,5 +70,7 @@ class ServerSettings:
         for name in ("timeout_keep_alive_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.self_test_interval_s >= 0:
+            raise ValueError(f"self_test_interval_s must be >= 0, got {self.self_test_interval_s}")
         if self.limit_concurrency is not None and self.limit_concurrency < 1:
             raise ValueError(f"limit_concurrency must be >= 1, got {self.limit_concurrency}")

@@ -21,7 +21,8 @@ from runtime.serve.metrics import OTHER_ENDPOINT, endpoint_labels  # noqa: E402
 from runtime.serve.middleware import ServingMiddleware  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 
-SERVED = {"/v1/embeddings/text", "/v1/embeddings/image", "/v1/classify", "/healthz", "/readyz", "/metrics", "/v1/info"}
+SERVED = {"/v1/embeddings/text", "/v1/embeddings/image", "/v1/classify", "/healthz", "/readyz", "/metrics", "/v1/info",
+          "/v1/embeddings", "/v1/models"}
 
 
 class Word(BaseModel):
@@ -44,7 +45,7 @@ def test_the_batchers_of_each_endpoint_come_from_its_route():
     app = create_app(lambda: None)
     middleware = ServingMiddleware(app=None, service=app.state.service, router=app.router)
     assert middleware.batchers == {"/v1/embeddings/text": ("text",), "/v1/embeddings/image": ("image",),
-                                   "/v1/classify": ("text", "image")}
+                                   "/v1/classify": ("text", "image"), "/v1/embeddings": ("text", "image")}
     assert middleware.endpoints == SERVED
 
 
