@@ -115,7 +115,8 @@ def create_app(
                   for e in err.errors()]
         summary = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in errors[:5])
         if openai(request):
-            param = str(errors[0]["loc"][1]) if errors and len(errors[0]["loc"]) > 1 else None
+            field = errors[0]["loc"][1] if errors and len(errors[0]["loc"]) > 1 else None
+            param = field if isinstance(field, str) else None  # a field name, not a position in invalid JSON
             return JSONResponse(openai_error_body(422, f"invalid request: {summary}", param), status_code=422)
         return JSONResponse({"detail": errors, "error": f"invalid request: {summary}"}, status_code=422)
 
