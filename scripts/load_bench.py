@@ -9,11 +9,13 @@ counted; throughput, p50 and p99 latency, and the mean backend batch from the se
 
     python scripts/load_bench.py bundle --out docs            # writes load_bench.json and bench-serve.png
     python scripts/load_bench.py bundle --mixed 32,8 --out DIR  # text p99 alone vs beside image requests
+    python scripts/load_bench.py bundle --triton --concurrency 1,8,32 --out DIR  # serve vs a real tritonserver
 
 ``--mixed TEXT,IMAGE`` measures instead whether texts wait behind images: one server (batching on), TEXT closed-loop
 text clients alone, then the same TEXT clients while IMAGE clients send ``--mixed-images`` images per request, the
 two phases alternating ``--repeats`` times; it reports the texts' p50/p99 in each phase and their ratio
-(written to mixed_bench.json).
+(written to mixed_bench.json). ``--triton`` drives ``ruclip-tiny serve`` and a real tritonserver serving the bundle's
+``--platform python`` repository side by side (scripts/load_bench_triton.py; triton_bench.json, bench-triton.png).
 
 Bounded: about (warmup + duration) x 2 modes x concurrencies per kind; nothing leaves the machine.
 """
@@ -328,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed-seconds", type=float, default=15.0, help="measured window per --mixed phase")
     parser.add_argument("--mixed-warmup-seconds", type=float, default=5.0,
                         help="uncounted start of every --mixed phase (image requests pile up during it)")
+    parser.add_argument("--triton", action="store_true",
+                        help="compare ruclip-tiny serve with a real tritonserver (python backend) on the same "
+                        "requests; replaces the on/off comparison")
     parser.add_argument("--out", default="docs", help="directory for load_bench.json and bench-serve.png")
     args = parser.parse_args(argv)
 
@@ -338,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     text_bodies = [json.dumps({"texts": [caption]}, ensure_ascii=False).encode() for caption in CAPTIONS]
     if args.mixed:
         return run_mixed(args, text_bodies, photos)
+    if args.triton:
+        from load_bench_triton import run_triton
+
+        return run_triton(args, text_bodies, image_bodies, photos)
     work = {"text": ("/v1/embeddings/text", text_bodies, args.warmup_seconds, args.text_seconds),
             "image": ("/v1/embeddings/image", image_bodies, args.image_warmup_seconds, args.image_seconds)}
 
