@@ -4,6 +4,7 @@ A broken image never aborts a job and never shifts a row: it is listed among the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from .inputs import JobInputs, image_inputs
 from .store import Collection
 
 JOB_CHUNK = 256  # items per shard: what is held in memory at once, and what an interruption can lose
+PROGRESS_SECONDS = 0.5  # the time one part of a shard should take when a progress bar is shown
 
 
 @dataclass
@@ -31,13 +33,18 @@ class Shard:
 
 def encode_shard(embedder, kind: str, ids: Sequence[str], items: Sequence, normalize: bool = True,
                  batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> Shard:
-    """Embed ``items`` (paths, or texts) whose ids are ``ids``, one backend batch at a time so that ``progress``
-    hears of every batch; an undecodable image becomes a failure."""
+    """Embed ``items`` (paths, or texts) whose ids are ``ids``, a backend batch at a time; an undecodable image
+    becomes a failure. With ``progress``, images go in parts of at most a batch sized to take ~PROGRESS_SECONDS
+    each (so a person sees the count move at least once a second on a slow CPU), and ``progress`` hears of each."""
     size = batch_size or embedder.batch_size
+    step = min(size, 8) if progress and kind == "images" else size
     shard = Shard([], np.zeros((0, embedder.dim), np.float32))
     rows = []
-    for start in range(0, len(items), size):
-        part_ids, part = list(ids[start : start + size]), list(items[start : start + size])
+    start = 0
+    while start < len(items):
+        began = time.perf_counter()
+        part_ids, part = list(ids[start : start + step]), list(items[start : start + step])
+        start += len(part)
         if kind == "images":
             embeddings, ok, failures = embedder.encode_images_partial(part, normalize=normalize, batch_size=size)
             shard.ids += [part_ids[i] for i in ok]
@@ -52,6 +59,9 @@ def encode_shard(embedder, kind: str, ids: Sequence[str], items: Sequence, norma
         rows.append(embeddings)
         if progress:
             progress(len(part))
+            if kind == "images":  # rows do not depend on the part size: only how often the count moves
+                per_item = (time.perf_counter() - began) / len(part)
+                step = max(1, min(size, int(PROGRESS_SECONDS / per_item) if per_item > 0 else size))
     if rows:
         shard.embeddings = np.concatenate(rows).astype(np.float32, copy=False)
     return shard
