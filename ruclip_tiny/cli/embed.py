@@ -11,7 +11,14 @@ import sys
 import threading
 
 from ..transform import DEFAULT_MAX_IMAGE_PIXELS
-from .options import add_backend_options, add_exif_option, add_pixel_limit_option, load_embedder, positive_int
+from .options import (
+    add_backend_options,
+    add_exif_option,
+    add_pixel_limit_option,
+    load_embedder,
+    non_negative_float,
+    positive_int,
+)
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -43,7 +50,7 @@ def register(commands) -> None:
     parser.add_argument("--ray-actors", type=positive_int, default=None,
                         help="Embedder actors (default: sized from the cluster's CPUs and GPUs, leaving room for "
                         "reading and decoding)")
-    parser.add_argument("--ray-gpus-per-actor", type=float, default=0.0,
+    parser.add_argument("--ray-gpus-per-actor", type=non_negative_float, default=0.0,
                         help="GPUs per Embedder actor; each GPU actor opens its own TensorRT / CUDA backend")
     add_backend_options(parser)
     parser.set_defaults(func=run)
