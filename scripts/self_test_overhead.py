@@ -6,7 +6,8 @@ while one runs against the rest of the time, and the added time of the metrics p
 Runs the real server (``BackgroundServer``, onnxruntime on this machine) with a self-test every ``--interval``
 seconds, under closed-loop clients (one short text per request; one 224x224 PNG data URI per image request) on
 ``/v1/embeddings``; each answered request is classed by whether its time overlapped a self-test. Prints one JSON
-object (the figures for docs/BENCHMARKS.md).
+object (the figures for docs/BENCHMARKS.md). ``--one-call`` runs the whole self-test as one call of the image
+inference thread, for comparison.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def main() -> None:
     parser.add_argument("--image-clients", type=int, default=1)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--one-call", action="store_true",
+                        help="for comparison: run the whole self-test as one call of the image inference thread "
+                        "instead of each probe batch as its own call there")
     args = parser.parse_args()
 
     settings = ServerSettings(self_test_interval_s=args.interval)
@@ -79,10 +83,12 @@ def main() -> None:
     windows: list[tuple[float, float]] = []
     run = service.self_test.run
 
-    def timed_run(embedder):
+    def timed_run(embedder, *executors):
         started = time.perf_counter()
         try:
-            return run(embedder)
+            if args.one_call:  # the whole self-test as one call of the image inference thread
+                return service._inference.submit(run, embedder).result()
+            return run(embedder, *executors)
         finally:
             windows.append((started, time.perf_counter()))
 
@@ -130,6 +136,7 @@ def main() -> None:
         "backend": info["backend"], "precision": info["precision"], "device": info["device"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_1m_end": round(os.getloadavg()[0], 2),
+        "self_test_calls": "one call" if args.one_call else "per probe batch",
         "clients": {"text": args.text_clients, "image": args.image_clients}, "seconds": args.seconds,
         "self_test_seconds": {"at_start": round(startup[1] - startup[0], 3),
                               "periodic": [round(end - start, 3) for start, end in periodic]},

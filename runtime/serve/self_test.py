@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ruclip_tiny.errors import RuclipTinyError
+from runtime.backends import Backend
 from runtime.embedder import Embedder
 from runtime.parity import Probe, check_open_backend, load_probe
 from runtime.serve.metrics import ServerMetrics
@@ -48,11 +50,31 @@ class SelfTestResult:
                 "precision": self.precision, "failures": list(self.failures), "metrics": self.metrics}
 
 
+class InferenceThreads:
+    """``backend`` with its two encoders called in executors of the server (``pixels``, ``tokens``: its inference
+    threads), first in, first out with the batches of requests: a request waits for at most one call of the
+    self-test (one probe batch of one encoder), never for the whole self-test. Everything else is the backend's
+    own."""
+
+    def __init__(self, backend: Backend, pixels: Executor, tokens: Executor):
+        self._backend, self._pixels, self._tokens = backend, pixels, tokens
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def encode_pixels(self, pixels):
+        return self._pixels.submit(self._backend.encode_pixels, pixels).result()
+
+    def encode_tokens(self, input_ids, attention_mask):
+        return self._tokens.submit(self._backend.encode_tokens, input_ids, attention_mask).result()
+
+
 class SelfTest:
     """Runs the self-test on an embedder and records it (``last``, and the ``ruclip_tiny_self_test_*`` metrics).
 
-    ``run`` blocks: call it in the server's inference thread, where it takes its turn between batches like any
-    backend call. The probe is read (and its sha256 checked) once, at the first run.
+    ``run`` blocks: call it in a thread of its own; with ``pixels``/``tokens`` executors (the server's inference
+    threads) each backend call of the probe takes its turn there between the batches of requests. The probe is
+    read (and its sha256 checked) once, at the first run.
     """
 
     def __init__(self, metrics: ServerMetrics):
@@ -60,13 +82,16 @@ class SelfTest:
         self.last: SelfTestResult | None = None
         self._probe: Probe | None = None
 
-    def run(self, embedder: Embedder) -> SelfTestResult:
+    def run(self, embedder: Embedder, pixels: Executor | None = None, tokens: Executor | None = None
+            ) -> SelfTestResult:
         started = time.perf_counter()
+        backend = embedder.backend if pixels is None or tokens is None else \
+            InferenceThreads(embedder.backend, pixels, tokens)
         date = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
             if self._probe is None:
                 self._probe = load_probe(embedder.bundle)
-            entries = check_open_backend(embedder.bundle, embedder.backend, self._probe)
+            entries = check_open_backend(embedder.bundle, backend, self._probe)
         except RuclipTinyError as err:  # no readable probe, no bars for this precision
             result = SelfTestResult(False, time.perf_counter() - started, date, embedder.precision,
                                     [f"the self-test cannot run: {err} (serve with --no-self-test to skip it)"])

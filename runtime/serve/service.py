@@ -80,6 +80,7 @@ class EmbeddingService:
         self._transform = image_preprocessing(settings.exif_transpose)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer")
         self._text_inference = ThreadPoolExecutor(1, thread_name_prefix="ruclip-infer-text")
+        self._self_testing = ThreadPoolExecutor(1, thread_name_prefix="ruclip-self-test")
         self._decoding = ThreadPoolExecutor(
             settings.decode_workers or min(8, os.cpu_count() or 1), thread_name_prefix="ruclip-decode"
         )
@@ -138,10 +139,16 @@ class EmbeddingService:
         self.metrics.ready.set(1)
 
     async def run_self_test(self) -> SelfTestResult:
-        """Run the self-test in the inference thread (between batches) and act on it: a failure turns the server
-        not ready (503, /readyz says why) with one error line in the log; a pass after a failed self-test turns it
-        ready again."""
-        result = await asyncio.get_running_loop().run_in_executor(self._inference, self.self_test.run, self.embedder)
+        """Run the self-test and act on it: a failure turns the server not ready (503, /readyz says why) with one
+        error line in the log; a pass after a failed self-test turns it ready again.
+
+        Each backend call of the probe (one batch of one encoder) takes its turn in the image inference thread,
+        between batches of requests: an image request waits for at most one of them, not the whole self-test, and
+        where texts have their own thread (``Backend.concurrent_calls``) they never wait for it (the probe's texts
+        are 77 tokens long: in the text thread a short text would wait behind them; BENCHMARKS.md)."""
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._self_testing, self.self_test.run, self.embedder, self._inference, self._inference
+        )
         if not result.passed:
             was = self.state
             self.state, self.failure = "failed", f"self-test failed: {result.summary}"
@@ -180,6 +187,8 @@ class EmbeddingService:
             await asyncio.wait([self._self_tests])
         for batcher in self.batchers.values():
             await batcher.close()
+        # a self-test in progress finishes first: its calls need the inference threads
+        await asyncio.get_running_loop().run_in_executor(None, self._self_testing.shutdown)
         self._decoding.shutdown(wait=True, cancel_futures=True)
         self._inference.shutdown(wait=True)
         self._text_inference.shutdown(wait=True)

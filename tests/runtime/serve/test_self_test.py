@@ -11,6 +11,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -123,9 +124,17 @@ def test_a_backend_that_turns_bad_turns_not_ready_then_ready_again(tmp_path):
         wait_ready(client)
         backend = server.config.app.state.service.embedder.backend
         good = backend.encode_pixels
-        backend.encode_pixels = lambda pixels: good(pixels) * np.float32("nan")  # a driver gone wrong
+        threads = set()
+
+        def nan(pixels):  # a driver gone wrong
+            threads.add(threading.current_thread().name)
+            return good(pixels) * np.float32("nan")
+
+        backend.encode_pixels = nan
         body = wait_state(client, "failed")
         assert "NaN" in body["error"]
+        # the probe's calls take their turn in the image inference thread, between the batches of requests
+        assert threads and all(name.startswith("ruclip-infer_") for name in threads), threads
         backend.encode_pixels = good
         wait_state(client, "ready")
         assert metric(client.get("/metrics").text, "ruclip_tiny_self_test_ok") == 1
