@@ -3,6 +3,7 @@ shard, not the job), and end-to-end images/s from JPEG files, plain vs ``--ray l
 
     python scripts/embed_job_bench.py memory BUNDLE --out DIR            # embed_memory.json
     python scripts/embed_job_bench.py throughput BUNDLE --out DIR        # embed_throughput.json
+    python scripts/embed_job_bench.py resume BUNDLE --out DIR            # embed_resume.json
 
 Each job runs as a child process (the command a user types); its peak RSS is that child's ``ru_maxrss`` from
 ``os.wait4`` (the Ray workers of a ``--ray`` job are other processes: not counted, said in the output). Images are
@@ -103,17 +104,55 @@ def throughput(args: argparse.Namespace) -> dict:
             "--ray local starts a local Ray for the job; RSS of the driver process only", "runs": results}
 
 
+def resume(args: argparse.Namespace) -> dict:
+    """What an interruption costs: the same job run whole, and run until half its shards are written, stopped with
+    SIGINT, then finished with ``--resume`` (two process starts, two bundle loads, the identity check of every input,
+    the merge)."""
+    import signal
+
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        folder = image_folder(root, args.images, small_sources(root))
+        common = ["--images", str(folder), "--backend", args.backend, "--shard-size", str(args.shard_size)]
+        for repeat in range(args.repeats):
+            whole = run_job([str(args.bundle), *common, "--out", str(root / f"whole-{repeat}.npz")])
+            out = root / f"resumed-{repeat}.npz"
+            parts = Path(f"{out}.parts")
+            start = time.perf_counter()
+            child = subprocess.Popen([sys.executable, "-m", "ruclip_tiny", "embed", str(args.bundle), *common,
+                                      "--out", str(out), "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            half = args.images // args.shard_size // 2
+            while child.poll() is None and len(list(parts.glob("shard-*.npz"))) < half:
+                time.sleep(0.05)
+            child.send_signal(signal.SIGINT)
+            child.wait()
+            interrupted = time.perf_counter() - start
+            kept = len(list(parts.glob("shard-*.npz")))
+            resumed = run_job([str(args.bundle), *common, "--out", str(out), "--resume"])
+            measured = {"repeat": repeat, "images": args.images, "shard_size": args.shard_size,
+                        "whole_s": whole["seconds"], "interrupted_s": round(interrupted, 3), "shards_kept": kept,
+                        "resume_s": resumed["seconds"],
+                        "overhead_s": round(interrupted + resumed["seconds"] - whole["seconds"], 3)}
+            print(json.dumps(measured))
+            results.append(measured)
+    return {"what": "an embed job run whole vs stopped by SIGINT at half its shards and finished with --resume",
+            "runs": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("memory", "throughput"))
+    parser.add_argument("mode", choices=("memory", "throughput", "resume"))
     parser.add_argument("bundle")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--counts", type=int, nargs="+", default=[2000, 20000], help="memory: images per job")
     parser.add_argument("--images", type=int, default=200, help="throughput: images per job")
-    parser.add_argument("--repeats", type=int, default=2, help="throughput: plain / ray pairs")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput: plain / ray pairs; resume: pairs")
+    parser.add_argument("--shard-size", type=int, default=50, help="resume: embed --shard-size")
     args = parser.parse_args()
-    report = memory(args) if args.mode == "memory" else throughput(args)
+    report = {"memory": memory, "throughput": throughput, "resume": resume}[args.mode](args)
     report.update(bundle=str(args.bundle), machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
                   date=datetime.date.today().isoformat())
     args.out.mkdir(parents=True, exist_ok=True)
