@@ -157,7 +157,13 @@ def summarise(points: list[dict]) -> dict:
             "errors": sum(p["errors"] for p in points), "loadavg_1m": median("loadavg_1m"), "runs": points}
 
 
-def plot(results: list[dict], path: Path) -> None:
+BATCHING_SERIES = ((True, "batching on", "tab:blue"), (False, "batching off", "tab:orange"))
+
+
+def plot(results: list[dict], path: Path, key: str = "batching", series=BATCHING_SERIES,
+         title: str = "ruclip-tiny serve on loopback: one caption or one JPEG per request") -> None:
+    """Throughput and latency against concurrency, a column per kind, a line per ``series`` entry
+    (value of ``result[key]``, label, colour)."""
     try:
         import matplotlib
 
@@ -169,10 +175,9 @@ def plot(results: list[dict], path: Path) -> None:
     kinds = sorted({r["kind"] for r in results}, reverse=True)
     figure, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 8), squeeze=False)
     for column, kind in enumerate(kinds):
-        for batching, color in ((True, "tab:blue"), (False, "tab:orange")):
-            rows = sorted((r for r in results if r["kind"] == kind and r["batching"] == batching),
+        for value, label, color in series:
+            rows = sorted((r for r in results if r["kind"] == kind and r[key] == value),
                           key=lambda r: r["concurrency"])
-            label = "batching on" if batching else "batching off"
             conc = [r["concurrency"] for r in rows]
             axes[0][column].plot(conc, [r["throughput_rps"] for r in rows], "o-", color=color, label=label)
             axes[1][column].plot(conc, [r["p50_ms"] for r in rows], "o-", color=color, label=f"p50, {label}")
@@ -187,7 +192,7 @@ def plot(results: list[dict], path: Path) -> None:
             axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=8)
-    figure.suptitle("ruclip-tiny serve on loopback: one caption or one JPEG per request")
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"wrote {path}")

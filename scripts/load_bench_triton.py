@@ -122,40 +122,6 @@ async def drive_triton(port: int, model: str, name: str, payloads: list[bytes], 
             "p99_ms": float(np.percentile(values, 99)) if len(values) else None}
 
 
-def plot(results: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install '.[plots]' in a checkout of ruclip-tiny)")
-        return
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
-    for column, kind in enumerate(("text", "image")):
-        for target, color in (("serve", "tab:blue"), ("triton", "tab:green")):
-            rows = sorted((r for r in results if r["kind"] == kind and r["target"] == target),
-                          key=lambda r: r["concurrency"])
-            conc = [r["concurrency"] for r in rows]
-            axes[0][column].plot(conc, [r["throughput_rps"] for r in rows], "o-", color=color, label=target)
-            axes[1][column].plot(conc, [r["p50_ms"] for r in rows], "o-", color=color, label=f"p50, {target}")
-            axes[1][column].plot(conc, [r["p99_ms"] for r in rows], "x--", color=color, label=f"p99, {target}")
-        axes[0][column].set(title=f"{kind}: throughput", xlabel="concurrent clients", ylabel="requests/s",
-                            xscale="log")
-        axes[0][column].set_ylim(bottom=0)
-        axes[1][column].set(title=f"{kind}: latency", xlabel="concurrent clients", ylabel="ms", xscale="log",
-                            yscale="log")
-        for axis in (axes[0][column], axes[1][column]):
-            axis.set_xticks(sorted({r["concurrency"] for r in results}))
-            axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            axis.grid(True, alpha=0.3)
-            axis.legend(fontsize=8)
-    figure.suptitle("ruclip-tiny serve vs Triton (python backend, CPU) on loopback: one caption or one JPEG each")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    print(f"wrote {path}")
-
-
 def markdown(results: list[dict]) -> str:
     lines = ["| kind | clients | serve: req/s | triton: req/s | triton / serve | serve: p50 / p99 | "
              "triton: p50 / p99 | triton mean batch |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -236,7 +202,9 @@ def run_triton(args, text_bodies: list[bytes], image_bodies: list[bytes], photos
                            "image_warmup_seconds": args.image_warmup_seconds},
               "results": results}
     (out / "triton_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, out / "bench-triton.png")
+    base.plot(results, out / "bench-triton.png", key="target",
+              series=(("serve", "serve", "tab:blue"), ("triton", "triton", "tab:green")),
+              title="ruclip-tiny serve vs Triton (python backend, CPU) on loopback: one caption or one JPEG each")
     print(markdown(results))
     print(f"load average before {load_before}, after {report['loadavg_after']}")
     return 0
