@@ -220,8 +220,28 @@ def test_ctrl_c_during_embed_exits_130_without_a_traceback(exported_bundle, tmp_
     assert process.wait(timeout=120) == 130
     reader.join(timeout=10)
     text = bytes(stderr).decode()
-    assert "ruclip-tiny embed: interrupted" in text and "Traceback" not in text
+    # embed keeps the shards it finished and says, in one line, how to continue (other commands: "interrupted")
+    assert "ruclip-tiny embed: stopped by SIGINT" in text and "Traceback" not in text
+    assert f"continue with: ruclip-tiny embed {exported_bundle}" in text and text.rstrip().endswith("--resume")
     assert not out.exists() and not list(tmp_path.glob(".photos.npz*"))
+    assert (tmp_path / "photos.npz.parts").is_dir()
+
+
+def test_ctrl_c_in_any_other_command_exits_130_saying_interrupted():
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "ruclip_tiny", "demo"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    line = ""
+    while "loading the model" not in line:  # the stage line is written before the model loads
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        line += process.stdout.read(1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    stderr = process.stderr.read()
+    assert "ruclip-tiny demo: interrupted" in stderr and "Traceback" not in stderr
 
 
 # --- version and the command package -------------------------------------------------------------------------------
