@@ -13,9 +13,6 @@ import io
 import json
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -31,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from runtime.embedder import Embedder  # noqa: E402
 from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from runtime.serve.batching import DynamicBatcher  # noqa: E402
+from tests.runtime.serve.serve_command import start_serve, wait_for_serve  # noqa: E402
 
 MIN_COSINE = 0.99999
 LIMITS = dict(max_items=8, max_text_chars=600, max_image_bytes=150_000, max_body_bytes=400_000)
@@ -487,26 +485,10 @@ def test_a_failing_request_in_a_merged_batch_fails_alone_and_a_lone_request_does
 
 
 def test_serve_command_loads_the_bundle_says_what_it_serves_and_stops_on_sigterm(exported_bundle):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ruclip_tiny.cli", "serve", str(exported_bundle), "--port", str(port),
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process, port = start_serve(exported_bundle, "--log-level", "warning")
     try:
+        wait_for_serve(process, port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, process.stdout.read()
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "serve never became ready"
-                time.sleep(0.2)
             info = client.get("/v1/info").json()
             assert info["synthetic"] is True and info["backend"] == "onnxruntime"
             assert client.post("/v1/embeddings/text", json={"texts": ["кошка"]}).status_code == 200

@@ -16,7 +16,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -33,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from runtime.embedder import Embedder  # noqa: E402
 from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
+from tests.runtime.serve.serve_command import start_serve, wait_for_serve  # noqa: E402
 
 MAX_ITEMS = 8
 MAX_TEXT_CHARS = 600
@@ -398,26 +398,12 @@ def test_an_api_key_that_cannot_travel_in_a_header_is_refused_at_start(key):
 
 
 def test_serve_takes_the_api_key_from_the_environment(bundle):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "RUCLIP_TINY_API_KEY": API_KEY}
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from ruclip_tiny.cli import main; sys.exit(main())", "serve",
-         str(bundle), "--port", str(port), "--backend", "onnxruntime", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process, port = start_serve(bundle, "--backend", "onnxruntime", "--log-level", "warning", env=env,
+                                stderr=subprocess.PIPE)
     try:
+        wait_for_serve(process, port, timeout_s=60)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as anyone:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if anyone.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-                time.sleep(0.1)
             assert anyone.get("/v1/info").status_code == 401
             assert anyone.get("/v1/info", headers={"authorization": f"Bearer {API_KEY}"}).status_code == 200
     finally:

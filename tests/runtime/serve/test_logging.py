@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ httpx = pytest.importorskip("httpx", reason="the server tests need httpx (pip in
 pytest.importorskip("fastapi", reason="the server tests need the serve extra (pip install -e '.[serve]')")
 
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
+from tests.runtime.serve.serve_command import start_serve, wait_for_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +24,9 @@ def bundle(tmp_path_factory) -> Path:
     return build_fake_bundle(tmp_path_factory.mktemp("logging") / "fake-bundle")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve(bundle: Path, port: int, log_level: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from ruclip_tiny.cli import main; sys.exit(main())", "serve",
-         str(bundle), "--port", str(port), "--backend", "onnxruntime", "--threads", "1", "--log-level", log_level],
-        env={**os.environ, "RUCLIP_TINY_API_KEY": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_ready(client: httpx.Client, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.1)
+def serve(bundle: Path, log_level: str) -> tuple[subprocess.Popen, int]:
+    return start_serve(bundle, "--backend", "onnxruntime", "--threads", "1", "--log-level", log_level,
+                       env={**os.environ, "RUCLIP_TINY_API_KEY": ""}, stderr=subprocess.PIPE)
 
 
 def hang_up(port: int) -> None:
@@ -70,11 +49,10 @@ def stop(process: subprocess.Popen) -> str:
 
 @pytest.mark.parametrize("log_level", ["info", "warning"])
 def test_the_servers_lines_go_through_uvicorns_logging_at_its_log_level(bundle, log_level):
-    port = free_port()
-    process = serve(bundle, port, log_level)
+    process, port = serve(bundle, log_level)
     try:
+        wait_for_serve(process, port, timeout_s=60)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_ready(client, process)
             hang_up(port)
             deadline = time.monotonic() + 10
             while 'status="499"' not in client.get("/metrics").text:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -35,6 +33,7 @@ from tests.runtime.fake_bundle import (  # noqa: E402
     scale_initializer,
     visual_graph,
 )
+from tests.runtime.serve.serve_command import start_serve  # noqa: E402
 from tests.runtime.serve.test_app import metric, wait_ready  # noqa: E402
 
 
@@ -164,13 +163,7 @@ def test_a_nan_row_is_a_500_and_is_counted(tmp_path):
 
 
 def serve_command(bundle, *flags: str) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "ruclip_tiny.cli", "serve", str(bundle), "--port", str(port),
-                                "--backend", "onnxruntime", "--precision", "fp32", "--log-level", "warning", *flags],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return process, port
+    return start_serve(bundle, "--backend", "onnxruntime", "--precision", "fp32", "--log-level", "warning", *flags)
 
 
 def readyz_until(process: subprocess.Popen, port: int, state: str) -> dict:

@@ -7,8 +7,6 @@ answering others meanwhile), idle keep-alive connections close after --timeout-k
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +17,7 @@ pytest.importorskip("fastapi", reason="the server tests need the serve extra (pi
 from runtime.embedder import Embedder  # noqa: E402
 from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
+from tests.runtime.serve.serve_command import start_serve, wait_for_serve  # noqa: E402
 
 PARTIAL_HEADER = b"POST /v1/embeddings/text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"
 STALLED_BODY = (b"POST /v1/embeddings/text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -138,26 +137,10 @@ def test_beyond_the_concurrency_limit_requests_get_503_with_retry_after(bundle):
 
 
 def test_serve_command_applies_request_timeout_and_limit_concurrency(bundle):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ruclip_tiny.cli", "serve", str(bundle), "--port", str(port), "--log-level",
-         "warning", "--request-timeout", "1", "--limit-concurrency", "3", "--timeout-keep-alive", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process, port = start_serve(bundle, "--log-level", "warning", "--request-timeout", "1", "--limit-concurrency",
+                                "3", "--timeout-keep-alive", "2")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, process.stdout.read()
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "serve did not become ready"
-                time.sleep(0.1)
+        wait_for_serve(process, port)
         slow = connect(port, PARTIAL_HEADER)
         held = [connect(port) for _ in range(2)]
         time.sleep(0.2)
