@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -143,6 +144,20 @@ async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warm
         "p50_ms": float(np.percentile(values, 50)) if len(values) else None,
         "p99_ms": float(np.percentile(values, 99)) if len(values) else None,
     }
+
+
+def measure_point(batch_counts, run, label: str) -> dict:
+    """One measured point: ``run()``'s figures (called once, between two ``batch_counts()``: items and calls so
+    far) plus the mean backend batch over it and the load average; printed as one line starting with ``label``."""
+    items_before, calls_before = batch_counts()
+    point = run()
+    items_after, calls_after = batch_counts()
+    calls = calls_after - calls_before
+    point.update(mean_batch=(items_after - items_before) / calls if calls else 0.0, loadavg_1m=os.getloadavg()[0])
+    print(f"{label} {point['throughput_rps']:7.1f} req/s  p50 {_ms(point['p50_ms'])}  p99 {_ms(point['p99_ms'])}  "
+          f"mean batch {point['mean_batch']:.1f}  errors {point['errors']}  load {point['loadavg_1m']:.1f}",
+          flush=True)
+    return point
 
 
 def summarise(points: list[dict]) -> dict:
@@ -379,17 +394,12 @@ def main(argv: list[str] | None = None) -> int:
                 for repeat in range(args.repeats):
                     # alternate which mode goes first, so a drift in machine load does not favour one
                     for batching in ((True, False) if (index + repeat) % 2 == 0 else (False, True)):
-                        items_before, calls_before = batch_stats(urls[batching], kind)
-                        point = asyncio.run(drive(urls[batching], path, bodies, concurrency, warmup, seconds))
-                        items_after, calls_after = batch_stats(urls[batching], kind)
-                        calls = calls_after - calls_before
-                        point.update(mean_batch=(items_after - items_before) / calls if calls else 0.0,
-                                     loadavg_1m=os.getloadavg()[0])
+                        point = measure_point(
+                            partial(batch_stats, urls[batching], kind),
+                            partial(asyncio.run, drive(urls[batching], path, bodies, concurrency, warmup, seconds)),
+                            f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'}",
+                        )
                         runs[batching].append(point)
-                        print(f"{kind:5} c={concurrency:<3} batching={'on ' if batching else 'off'} "
-                              f"{point['throughput_rps']:7.1f} req/s  p50 {_ms(point['p50_ms'])}  "
-                              f"p99 {_ms(point['p99_ms'])}  mean batch {point['mean_batch']:.1f}  "
-                              f"errors {point['errors']}  load {point['loadavg_1m']:.1f}", flush=True)
                 for batching, points in runs.items():
                     results.append(summarise(points) | dict(kind=kind, batching=batching, concurrency=concurrency,
                                                             window_s=seconds))

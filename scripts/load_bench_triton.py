@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -164,22 +165,18 @@ def run_triton(args, text_bodies: list[bytes], image_bodies: list[bytes], photos
                         order = ("serve", "triton") if (index + repeat) % 2 == 0 else ("triton", "serve")
                         for target in order:
                             if target == "serve":
-                                items_before, calls_before = base.batch_stats(url, kind)
-                                point = asyncio.run(base.drive(url, *serve_work[kind], concurrency, warmup, seconds))
-                                items_after, calls_after = base.batch_stats(url, kind)
+                                point = base.measure_point(
+                                    partial(base.batch_stats, url, kind),
+                                    partial(asyncio.run, base.drive(url, *serve_work[kind], concurrency, warmup,
+                                                                    seconds)),
+                                    f"{kind:5} c={concurrency:<3} {target:6}")
                             else:
-                                items_before, calls_before = triton_batch(triton_port, encoder)
-                                point = asyncio.run(drive_triton(triton_port, model, name, payloads[kind],
-                                                                 concurrency, warmup, seconds))
-                                items_after, calls_after = triton_batch(triton_port, encoder)
-                            calls = calls_after - calls_before
-                            point.update(mean_batch=(items_after - items_before) / calls if calls else 0.0,
-                                         loadavg_1m=os.getloadavg()[0])
+                                point = base.measure_point(
+                                    partial(triton_batch, triton_port, encoder),
+                                    partial(asyncio.run, drive_triton(triton_port, model, name, payloads[kind],
+                                                                      concurrency, warmup, seconds)),
+                                    f"{kind:5} c={concurrency:<3} {target:6}")
                             runs[target].append(point)
-                            print(f"{kind:5} c={concurrency:<3} {target:6} {point['throughput_rps']:7.1f} req/s  "
-                                  f"p50 {base._ms(point['p50_ms'])}  p99 {base._ms(point['p99_ms'])}  mean batch "
-                                  f"{point['mean_batch']:.1f}  errors {point['errors']}  "
-                                  f"load {point['loadavg_1m']:.1f}", flush=True)
                     for target, points in runs.items():
                         results.append(base.summarise(points) | dict(kind=kind, target=target,
                                                                      concurrency=concurrency, window_s=seconds))

@@ -27,12 +27,12 @@ httpx = pytest.importorskip("httpx", reason="the server tests need httpx (pip in
 pytest.importorskip("fastapi", reason="the server tests need the serve extra (pip install -e '.[serve]')")
 
 from PIL import Image  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from runtime.embedder import Embedder  # noqa: E402
 from runtime.serve import BackgroundServer, ServerSettings, create_app  # noqa: E402
 from tests.runtime.fake_bundle import build_fake_bundle  # noqa: E402
 from tests.runtime.serve.serve_command import start_serve, wait_for_serve  # noqa: E402
+from tests.runtime.serve.test_app import metric  # noqa: E402
 
 MAX_ITEMS = 8
 MAX_TEXT_CHARS = 600
@@ -59,14 +59,6 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def wait_ready(client, timeout_s: float = 60) -> None:
